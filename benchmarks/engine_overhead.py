@@ -1,0 +1,92 @@
+"""Engine overhead: training images/s of the engine (method ce) against a bare PyTorch loop.
+
+What is timed: the training loop only (no evaluation, no checkpoint writing, no data loading), after
+one warm-up epoch each. Both sides use the same model (same init), the same in-memory uint8 data,
+the same batched augmentation (random crop + flip + normalise, on the device), the same optimiser
+and batch size; the bare loop is the minimal step ``forward, cross_entropy, zero_grad, backward,
+step``. The two alternate, ``--repeats`` times each, in one process; the median of each is reported.
+
+    python benchmarks/engine_overhead.py                       # full Fashion-MNIST if found, else the bundled slice
+    python benchmarks/engine_overhead.py --model resnet20 --images 6000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from selfdistill.config import resolve
+from selfdistill.data import Augment, load_dataset
+from selfdistill.engine import Trainer
+from selfdistill.engine.optim import make_optimizer
+from selfdistill.engine.runtime import derive_seed
+from selfdistill.errors import UserError
+from selfdistill.models import build_model
+
+
+def bare_epoch(model, optimizer, images, labels, augment, batch_size, generator) -> float:
+    """One epoch of the minimal loop; returns images/s."""
+    model.train()
+    order = torch.randperm(len(labels), generator=generator)
+    start = time.perf_counter()
+    for idx in order.split(batch_size):
+        if len(idx) < 2:
+            continue
+        x = augment(images[idx], generator)
+        loss = F.cross_entropy(model(x), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return len(labels) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--images", type=int, default=12000, help="training images per epoch (balanced subset)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    layer = {"method": {"name": "ce"}, "model": {"name": args.model},
+             "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
+             "train": {"epochs": 100, "progress": False}, "schedule": {"name": "constant"}}
+    try:
+        config = resolve([layer])
+        data = load_dataset(config.data, 0)
+    except UserError:
+        layer["data"]["dataset"] = "fashion-mnist-mini"
+        layer["data"]["train_subset"] = min(args.images, 6000)
+        config = resolve([layer])
+        data = load_dataset(config.data, 0)
+    trainer = Trainer(config, dataset=data)
+    augment = Augment(data.mean, data.std, data.augment.crop_padding, data.augment.flip)
+    torch.manual_seed(derive_seed(0, "init"))
+    model = build_model(args.model, data.num_classes, data.in_channels, data.image_size)
+    optimizer = make_optimizer(list(model.parameters()), config.optim)
+    generator = torch.Generator().manual_seed(0)
+
+    bare, engine = [], []
+    for rep in range(args.repeats + 1):  # the first round is a warm-up
+        b = bare_epoch(model, optimizer, data.train_images, data.train_labels, augment, args.batch_size, generator)
+        result = trainer.train_epoch(rep)
+        e = result.rows / result.seconds
+        if rep:
+            bare.append(b)
+            engine.append(e)
+        print(f"round {rep}{' (warm-up)' if rep == 0 else ''}: bare {b:,.0f} img/s, engine {e:,.0f} img/s", flush=True)
+    b, e = statistics.median(bare), statistics.median(engine)
+    print(f"\n{args.model}, {config.data.dataset} ({len(data.train_labels)} images/epoch), batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads: bare {b:,.0f} img/s, engine {e:,.0f} img/s, ratio {e / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""One typed configuration for a training run.
+
+A run is described by a :class:`Config` made of small dataclasses. It is assembled in layers, each
+overriding the one before: the defaults below, a YAML file (``--config``), the command-line flags,
+then ``--set key=value`` overrides with dotted keys (``--set method.alpha=0.5``). Values given to
+``--set`` are parsed as YAML, so ``--set schedule.milestones=[150,180,210]`` works.
+
+Every key is checked: a key that does not exist, a value of the wrong type or out of range raises
+:class:`~selfdistill.errors.UserError` naming the field and what is allowed. The options of the
+chosen method live under ``method`` next to its ``name`` and are checked against that method's own
+options dataclass, so ``config.yaml`` in a run directory always lists every value that was used.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import UserError, require
+
+Auto = Union[Literal["auto"], bool]  # "auto" or an explicit on/off
+
+
+@dataclass
+class SyntheticConfig:
+    """Shape of the ``synthetic`` dataset (learnable class prototypes plus noise; for tests)."""
+
+    num_classes: int = 10
+    channels: int = 1
+    size: int = 28
+    train_size: int = 2000
+    test_size: int = 500
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; ``None`` means the dataset's default."""
+
+    crop_padding: int | None = None  # random crop after zero padding by this many pixels
+    flip: bool | None = None  # random horizontal flip
+    resized_crop: bool | None = None  # random resized crop (scale 0.08-1) instead of padded crop
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion-mnist-mini"
+    data_dir: str | None = None
+    download: bool = True
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    train_subset: int | None = None  # class-balanced subset of the training set
+    label_noise: float = 0.0  # symmetric: this fraction of training labels moved to another class
+    pad_to: int | None = None  # zero-pad images to this size, e.g. 28 -> 32
+    image_size: int = 32  # image-folder datasets (Tiny-ImageNet) are decoded at this size
+    drop_last: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = field(default_factory=list)  # epochs at which multistep multiplies by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from 0, counted in (fractional) epochs
+    min_lr: float = 0.0  # cosine end point
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_every: int = 1  # the final epoch is always evaluated
+    amp: Auto = "auto"  # bf16 autocast; auto = on for CUDA
+    channels_last: Auto = "auto"  # auto = on for CUDA
+    compile: bool = False  # torch.compile the model
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    threads: int | None = None  # torch.set_num_threads; None = torch's default
+    progress: Auto = "auto"  # progress bar; auto = only on a terminal
+
+
+@dataclass
+class Config:
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Fields that may change between a run and its --resume without changing the result.
+RESUMABLE_FIELDS = ("data.data_dir", "data.download", "train.device", "train.progress", "train.threads")
+
+
+# ----------------------------------------------------------------------------- building from dicts
+def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from ``values``, checking every key and coercing every value."""
+    if not isinstance(values, dict):
+        raise UserError(f"{where or 'config'} must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise UserError(f"unknown config key '{path}'; allowed: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, path)
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path)
+            except UserError:
+                continue
+        allowed = " or ".join(_type_name(o) for o in options)
+        raise UserError.bad_value(path, value, allowed)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, tuple):
+            value = list(value)
+        require(isinstance(value, list), path, value, f"a list of {_type_name(item)}")
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        require(isinstance(value, dict), path, value, "a mapping")
+        return dict(value)
+    if hint is bool:
+        require(isinstance(value, bool), path, value, "true or false")
+        return value
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = ok or (isinstance(value, float) and value.is_integer())
+        require(ok, path, value, "an integer")
+        return int(value)
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        require(ok, path, value, "a number")
+        return float(value)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        require(value in choices and not isinstance(value, bool), path, value, ", ".join(map(str, choices)))
+        return value
+    if hint is str:
+        require(isinstance(value, str), path, value, "a string")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} at {path}")  # a bug in this file, not user input
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(str, typing.get_args(hint)))
+    return getattr(hint, "__name__", str(hint)).replace("NoneType", "null")
+
+
+# ----------------------------------------------------------------------------- layering
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file with ``safe_load``; a bare name finds a bundled recipe."""
+    p = Path(path)
+    if not p.exists():
+        bundled = Path(__file__).parent / "configs" / f"{p.name.removesuffix('.yaml')}.yaml"
+        if p.parent == Path(".") and bundled.exists():
+            p = bundled
+        else:
+            names = ", ".join(sorted(c.stem for c in (Path(__file__).parent / "configs").glob("*.yaml")))
+            raise UserError(f"--config {path}: no such file (bundled recipes: {names})")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = str(exc).replace("\n", " ")
+        raise UserError(f"--config {path}: not valid YAML ({line})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: the top level must be a mapping of sections")
+    return data
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``. A new method name drops the old options."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if key == "method" and isinstance(value, dict) and "name" in value:
+            if value["name"] != out.get("method", {}).get("name"):
+                out["method"] = {}
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}`` with the value parsed as YAML."""
+    if "=" not in text:
+        raise UserError(f"--set {text}: expected key=value, e.g. --set method.alpha=0.5")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise UserError(f"--set {text}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return nested(".".join(parts), value)
+
+
+def nested(key: str, value: Any) -> dict[str, Any]:
+    """``nested("a.b", 1) == {"a": {"b": 1}}``."""
+    parts = key.split(".")
+    out: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        out = {part: out}
+    return out
+
+
+def resolve(layers: list[dict[str, Any]]) -> Config:
+    """Merge override layers onto the defaults, then build and validate the config."""
+    raw = Config().to_dict()
+    for layer in layers:
+        raw = merge(raw, layer)
+    unknown = set(raw) - {f.name for f in dataclasses.fields(Config)}
+    if unknown:
+        allowed = ", ".join(f.name for f in dataclasses.fields(Config))
+        raise UserError(f"unknown config section '{sorted(unknown)[0]}'; allowed: {allowed}")
+    method = raw.pop("method")
+    config = build_dataclass(Config, raw, "")
+    config.method = _resolve_method(method)
+    validate(config)
+    return config
+
+
+def _resolve_method(method: Any) -> dict[str, Any]:
+    from .methods import method_options  # the registry knows each method's options dataclass
+
+    if isinstance(method, str):
+        method = {"name": method}
+    require(isinstance(method, dict) and "name" in method, "method", method, "a mapping with a name")
+    options = {k: v for k, v in method.items() if k != "name"}
+    return {"name": method["name"], **method_options(method["name"], options)}
+
+
+def validate(config: Config) -> None:
+    """Range checks that types alone cannot express."""
+    from .data import dataset_names
+    from .models import model_names
+
+    d, o, s, t = config.data, config.optim, config.schedule, config.train
+    require(d.dataset in dataset_names(), "data.dataset", d.dataset, ", ".join(dataset_names()))
+    require(config.model.name in model_names(), "model.name", config.model.name, ", ".join(model_names()))
+    require(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    require(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
+    require(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "an integer >= 1")
+    require(0.0 <= d.label_noise < 1.0, "data.label_noise", d.label_noise, "a number in [0, 1)")
+    require(d.train_subset is None or d.train_subset >= 1, "data.train_subset", d.train_subset, "null or >= 1")
+    require(d.pad_to is None or d.pad_to >= 1, "data.pad_to", d.pad_to, "null or a size in pixels")
+    require(d.image_size >= 8, "data.image_size", d.image_size, "an integer >= 8")
+    pad = d.augment.crop_padding
+    require(pad is None or pad >= 0, "data.augment.crop_padding", pad, "null or an integer >= 0")
+    require(o.lr > 0, "optim.lr", o.lr, "a number > 0")
+    require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
+    require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two numbers in [0, 1)")
+    require(not (o.nesterov and o.name == "sgd" and o.momentum == 0), "optim.nesterov", o.nesterov,
+            "false when optim.momentum is 0")
+    require(s.gamma > 0, "schedule.gamma", s.gamma, "a number > 0")
+    require(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "a number >= 0")
+    require(all(m >= 1 for m in s.milestones) and s.milestones == sorted(s.milestones), "schedule.milestones",
+            s.milestones, "increasing epochs >= 1")
+    require(s.min_lr >= 0, "schedule.min_lr", s.min_lr, "a number >= 0")
+    require(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
+    require(t.threads is None or t.threads >= 1, "train.threads", t.threads, "null or an integer >= 1")
+    dev = t.device
+    require(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "train.device", dev, "auto, cpu, cuda, cuda:N")
+    syn = d.synthetic
+    for name in ("num_classes", "channels", "size", "train_size", "test_size"):
+        value = getattr(syn, name)
+        require(value >= (2 if name == "num_classes" else 1), f"data.synthetic.{name}", value, "a positive integer")
+
+    from .methods import build_method
+
+    minimum = build_method(config.method).min_batch_size
+    require(d.batch_size >= minimum, "data.batch_size", d.batch_size,
+            f"an integer >= {minimum} for method {config.method['name']}")
+
+
+def differences(a: Config, b: Config, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:
+    """Dotted keys whose values differ between two configs, except the ``ignore``d ones."""
+    out: list[str] = []
+
+    def walk(x: Any, y: Any, prefix: str) -> None:
+        if prefix in ignore:
+            return
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in sorted(set(x) | set(y), key=str):
+                walk(x.get(key), y.get(key), f"{prefix}.{key}" if prefix else str(key))
+        elif x != y:
+            out.append(f"{prefix} (saved {x!r}, now {y!r})")
+
+    walk(a.to_dict(), b.to_dict(), "")
+    return out

@@ -1,0 +1,156 @@
+"""The datasets selectable by name, and :func:`load_dataset`, which applies subset and label noise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..config import DataConfig
+from ..errors import UserError
+from .cifar import read_cifar_split
+from .dataset import AugmentDefaults, ImageDataset, channel_stats
+from .idx import read_idx
+from .image_folder import read_image_folder
+from .labels import balanced_subset, symmetric_noise
+from .sources import Download, Source, locate, verify
+from .synthetic import make_synthetic
+
+Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
+
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+BUNDLED = Path(__file__).parent / "bundled"
+
+# Canonical archives and their SHA-256 (as pinned by tensorflow-datasets and keras).
+MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+MNIST_SHA = ("440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+             "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+             "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+             "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6")
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_SHA = ("3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+               "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+               "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+               "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5")
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+
+SOURCES = {
+    "mnist": Source("mnist", IDX_FILES, tuple(Download(MNIST_URL + f, h) for f, h in zip(IDX_FILES, MNIST_SHA)),
+                    compressed_alternative=True),
+    "fashion-mnist": Source("fashion-mnist", IDX_FILES,
+                            tuple(Download(FASHION_URL + f, h) for f, h in zip(IDX_FILES, FASHION_SHA)),
+                            compressed_alternative=True),
+    "cifar10": Source("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
+                      (Download(CIFAR_URL + "cifar-10-python.tar.gz",
+                                "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", "tar"),)),
+    "cifar100": Source("cifar-100-python", ("train", "test"),
+                       (Download(CIFAR_URL + "cifar-100-python.tar.gz",
+                                 "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7", "tar"),)),
+    # No SHA-256 of the official zip is published, so it is not downloaded; unpack it into a data root.
+    "tiny-imagenet": Source("tiny-imagenet-200", ("wnids.txt", "val/val_annotations.txt")),
+}
+
+
+def _read_idx_set(files: dict[str, Path], num_classes: int = 10) -> Arrays:
+    train_x, train_y, test_x, test_y = (read_idx(files[name]) for name in IDX_FILES)
+    for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
+        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+            raise UserError(f"{split} IDX files disagree: images {tuple(images.shape)}, labels {tuple(labels.shape)}")
+        if int(labels.max()) >= num_classes:
+            raise UserError(f"{split} labels go up to {int(labels.max())}, expected < {num_classes}")
+    return train_x[:, None], train_y.long(), test_x[:, None], test_y.long(), num_classes
+
+
+def _idx(name: str) -> Callable[[DataConfig], Arrays]:
+    return lambda cfg: _read_idx_set(locate(SOURCES[name], cfg.data_dir, cfg.download))
+
+
+def _bundled(cfg: DataConfig) -> Arrays:
+    files = {name: BUNDLED / "fashion-mnist-mini" / name for name in IDX_FILES}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"the bundled dataset is missing from the installation: {missing[0]}")
+    verify(BUNDLED, "fashion-mnist-mini", files)
+    return _read_idx_set(files)
+
+
+def _cifar(name: str, label_key: str, num_classes: int) -> Callable[[DataConfig], Arrays]:
+    def load(cfg: DataConfig) -> Arrays:
+        source = SOURCES[name]
+        files = locate(source, cfg.data_dir, cfg.download)
+        train_x, train_y = read_cifar_split([files[f] for f in source.files[:-1]], label_key)
+        test_x, test_y = read_cifar_split([files[source.files[-1]]], label_key)
+        if int(max(train_y.max(), test_y.max())) >= num_classes:
+            raise UserError(f"{name} labels exceed {num_classes - 1}")
+        return train_x, train_y, test_x, test_y, num_classes
+    return load
+
+
+def _tiny(cfg: DataConfig) -> Arrays:
+    files = locate(SOURCES["tiny-imagenet"], cfg.data_dir, cfg.download)
+    return read_image_folder(files["wnids.txt"].parent, cfg.image_size)
+
+
+def _synthetic(cfg: DataConfig) -> Arrays:
+    return (*make_synthetic(cfg.synthetic), cfg.synthetic.num_classes)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    load: Callable[[DataConfig], Arrays]
+    description: str
+    augment: AugmentDefaults
+    mean: tuple[float, ...] | None = None  # None: computed from the training images
+    std: tuple[float, ...] | None = None
+
+
+FASHION_STATS = ((0.2860,), (0.3530,))
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion-mnist-mini": DatasetInfo(_bundled, "6,000/2,000-image class-balanced Fashion-MNIST slice bundled "
+                                      "with the package (MIT licence)", AugmentDefaults(2, True), *FASHION_STATS),
+    "fashion-mnist": DatasetInfo(_idx("fashion-mnist"), "Fashion-MNIST, 60k/10k 28x28 grey, 10 classes",
+                                 AugmentDefaults(2, True), *FASHION_STATS),
+    "mnist": DatasetInfo(_idx("mnist"), "MNIST digits, 60k/10k 28x28 grey (no flips)", AugmentDefaults(2, False),
+                         (0.1307,), (0.3081,)),
+    "cifar10": DatasetInfo(_cifar("cifar10", "labels", 10), "CIFAR-10, 50k/10k 32x32 colour",
+                           AugmentDefaults(4, True), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetInfo(_cifar("cifar100", "fine_labels", 100), "CIFAR-100, 50k/10k 32x32 colour, 100 classes",
+                            AugmentDefaults(4, True), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "tiny-imagenet": DatasetInfo(_tiny, "Tiny-ImageNet-200 image folders, decoded at data.image_size (32)",
+                                 AugmentDefaults(4, True, resized_crop=True)),
+    "synthetic": DatasetInfo(_synthetic, "learnable random prototypes + noise, shape from data.synthetic (tests)",
+                             AugmentDefaults(2, True)),
+}
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)
+
+
+def load_dataset(cfg: DataConfig | str, seed: int = 0) -> ImageDataset:
+    """Load ``cfg.dataset`` into memory (CPU), then take the balanced subset and add label noise.
+
+    ``cfg`` may be just a dataset name (``load_dataset("fashion-mnist-mini")``) for the defaults.
+
+    The subset and the noisy labels are drawn from generators derived from ``seed``, so every method
+    trained with the same seed sees the same images and the same wrong labels.
+    """
+    if isinstance(cfg, str):
+        cfg = DataConfig(dataset=cfg)
+    if cfg.dataset not in DATASETS:
+        raise UserError.bad_value("data.dataset", cfg.dataset, ", ".join(DATASETS))
+    info = DATASETS[cfg.dataset]
+    train_x, train_y, test_x, test_y, num_classes = info.load(cfg)
+    if cfg.train_subset is not None and cfg.train_subset < len(train_y):
+        keep = balanced_subset(train_y, cfg.train_subset, num_classes, torch.Generator().manual_seed(seed + 7919))
+        train_x, train_y = train_x[keep], train_y[keep]
+    clean = None
+    if cfg.label_noise > 0:
+        clean = train_y
+        train_y = symmetric_noise(train_y, cfg.label_noise, num_classes, torch.Generator().manual_seed(seed + 104729))
+    mean, std = (info.mean, info.std) if info.mean is not None else channel_stats(train_x)
+    return ImageDataset(cfg.dataset, train_x.contiguous(), train_y, test_x.contiguous(), test_y, num_classes,
+                        tuple(mean), tuple(std), info.augment, clean)

@@ -1,0 +1,6 @@
+"""The training engine: one loop, optimisers and schedules, evaluation, checkpoints, DDP."""
+
+from .evaluate import evaluate
+from .trainer import Trainer, train
+
+__all__ = ["Trainer", "evaluate", "train"]

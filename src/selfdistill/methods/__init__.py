@@ -1,0 +1,66 @@
+"""Training methods by name. Adding a method is one file and one line in ``METHODS``.
+
+A method name may combine several with ``+`` (``dlb+dsr``); its options then sit under each member's
+name (``method.dlb.alpha``), while a single method takes them directly (``method.alpha``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..config import build_dataclass
+from ..errors import UserError
+from .base import Batch, Method, Outputs
+from .ce import CrossEntropy
+from .dlb import DLB, DLBOptions
+from .stack import MethodStack
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CrossEntropy, DLB)}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def _members(name: str) -> list[type[Method]]:
+    parts = name.split("+")
+    unknown = [p for p in parts if p not in METHODS]
+    if unknown or not name:
+        raise UserError.bad_value("method.name", name, f"{', '.join(METHODS)} (combine with +, e.g. dlb+ce)")
+    if len(set(parts)) != len(parts):
+        raise UserError.bad_value("method.name", name, "each method at most once")
+    return [METHODS[p] for p in parts]
+
+
+def _options(cls: type[Method], values: dict[str, Any], where: str) -> Any:
+    options = build_dataclass(cls.Options, values, where)
+    options.check()
+    return options
+
+
+def method_options(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Check ``values`` against the options of method ``name``; return every option with defaults."""
+    members = _members(name)
+    if len(members) == 1:
+        return dataclasses.asdict(_options(members[0], values, "method"))
+    allowed = {cls.name for cls in members}
+    stray = [k for k in values if k not in allowed]
+    if stray:
+        raise UserError(f"unknown config key 'method.{stray[0]}'; options of combined methods go under each "
+                        f"method's name: {', '.join(sorted(allowed))}")
+    return {cls.name: dataclasses.asdict(_options(cls, values.get(cls.name, {}), f"method.{cls.name}"))
+            for cls in members}
+
+
+def build_method(config: dict[str, Any]) -> MethodStack:
+    """The method stack for a resolved ``config.method`` (``{"name": ..., **options}``)."""
+    members = _members(config["name"])
+    values = {k: v for k, v in config.items() if k != "name"}
+    if len(members) == 1:
+        return MethodStack([members[0](_options(members[0], values, "method"))])
+    return MethodStack([cls(_options(cls, values.get(cls.name, {}), f"method.{cls.name}")) for cls in members])
+
+
+__all__ = ["Batch", "CrossEntropy", "DLB", "DLBOptions", "METHODS", "Method", "MethodStack", "Outputs",
+           "build_method", "method_names", "method_options"]

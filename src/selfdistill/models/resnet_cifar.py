@@ -1,0 +1,74 @@
+"""ResNets for small images.
+
+* ``resnet{8,14,20,32,44,56,110}``: He et al. (2016) CIFAR ResNets, 6n+2 layers of BasicBlocks in three
+  stages of 16/32/64 channels. Shortcuts that change shape use a 1x1 convolution + BN (option B, as in
+  RepDistiller/CRD), not the paper's zero-padding option A.
+* ``resnet8x4`` / ``resnet32x4``: the same with a 32-channel stem and 64/128/256-channel stages, as in
+  the KD literature (RepDistiller).
+* ``resnet18``: the ImageNet ResNet-18 layout (BasicBlocks [2, 2, 2, 2], 64-512 channels) with a 3x3
+  stride-1 stem and no max-pool, the usual form for 32 x 32 inputs.
+
+The DLB code's ``resnet110`` is a *bottleneck* network ([12, 12, 12] Bottlenecks); ours is the standard
+BasicBlock [18, 18, 18] ResNet-110. All models pool adaptively, so 28 x 28 inputs work unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import init_weights
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """A stem conv, then one stage of BasicBlocks per entry of ``widths``, pooling and a linear head."""
+
+    def __init__(self, blocks: list[int], widths: list[int], stem: int, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
+                                  nn.ReLU(inplace=True))
+        cin = stem
+        self.stages = tuple(f"layer{i + 1}" for i in range(len(widths)))
+        for i, (n, width) in enumerate(zip(blocks, widths)):
+            layers = [BasicBlock(cin if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1) for j in range(n)]
+            setattr(self, self.stages[i], nn.Sequential(*layers))
+            cin = width
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(cin, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for name in self.stages:
+            x = getattr(self, name)(x)
+        return self.fc(self.pool(x))
+
+
+def cifar_resnet(depth: int, width_factor: int = 1):
+    if (depth - 2) % 6:
+        raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+    n = (depth - 2) // 6
+    if width_factor == 1:
+        return lambda num_classes, in_channels, image_size: ResNet([n] * 3, [16, 32, 64], 16, num_classes, in_channels)
+    return lambda num_classes, in_channels, image_size: ResNet([n] * 3, [64, 128, 256], 32, num_classes, in_channels)
+
+
+def resnet18(num_classes: int, in_channels: int, image_size: int) -> ResNet:
+    return ResNet([2, 2, 2, 2], [64, 128, 256, 512], 64, num_classes, in_channels)

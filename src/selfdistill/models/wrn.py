@@ -1,0 +1,58 @@
+"""Wide ResNets (Zagoruyko & Komodakis, 2016): WRN-d-k with pre-activation blocks, d = 6n + 4.
+
+Three stages of n blocks with 16k, 32k, 64k channels after a 16-channel stem, then BN-ReLU, pooling
+and a linear head; no dropout. The DLB code's "wide_resnet20_8" is not a WRN but a bottleneck ResNet
+([2, 2, 2] Bottlenecks, internal widths 128/256/512); depth 20 is not a valid WRN depth. We build
+standard WRNs; WRN-16-8 is the one closest to it in depth and width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import init_weights
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = None if (stride == 1 and cin == cout) else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return out + shortcut
+
+
+class WideResNet(nn.Module):
+    stages = ("layer1", "layer2", "layer3")
+
+    def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16 * widen, 32 * widen, 64 * widen]
+        self.stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        cin = 16
+        for i, (name, width) in enumerate(zip(self.stages, widths)):
+            blocks = [PreActBlock(cin if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1) for j in range(n)]
+            setattr(self, name, nn.Sequential(*blocks))
+            cin = width
+        self.pool = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(cin, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x))))))
+
+
+def wrn(depth: int, widen: int):
+    return lambda num_classes, in_channels, image_size: WideResNet(depth, widen, num_classes, in_channels)

@@ -1,0 +1,43 @@
+"""Shared helpers: small configs on synthetic data, and the real-data root for slow tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selfdistill.config import Config, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_SYNTHETIC = {"dataset": "synthetic", "batch_size": 16, "eval_batch_size": 64,
+                   "synthetic": {"train_size": 96, "test_size": 64, "size": 12}}
+
+
+def small_config(**sections: Any) -> Config:
+    """A config that trains an MLP on 96 synthetic 12x12 images in well under a second per epoch."""
+    base = {"model": {"name": "mlp"}, "data": dict(SMALL_SYNTHETIC), "train": {"epochs": 2, "progress": False},
+            "schedule": {"name": "constant"}}
+    return resolve([base, sections])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "selfdistill", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def fashion_root() -> Path:
+    """The data root holding full Fashion-MNIST (SELFDISTILL_DATA). CI sets SELFDISTILL_REQUIRE_DATA=1,
+    so there a missing root fails the test instead of skipping it."""
+    root = os.environ.get("SELFDISTILL_DATA")
+    if root and (Path(root) / "fashion-mnist").is_dir():
+        return Path(root)
+    if os.environ.get("SELFDISTILL_REQUIRE_DATA") == "1":
+        pytest.fail("SELFDISTILL_DATA must point at a data root with fashion-mnist/ (CI requires real data)")
+    pytest.skip("full Fashion-MNIST not found: set SELFDISTILL_DATA to a data root with fashion-mnist/")

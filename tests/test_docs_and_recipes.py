@@ -1,0 +1,66 @@
+"""The README's commands and example, the demo, and every bundled recipe."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfdistill.config import load_yaml, resolve
+from selfdistill.engine import Trainer
+
+from conftest import ROOT, run_cli
+
+README = (ROOT / "README.md").read_text()
+RECIPES = sorted((ROOT / "src" / "selfdistill" / "configs").glob("*.yaml"))
+# channels, size, classes of a synthetic stand-in for each dataset a recipe names
+STAND_INS = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "tiny-imagenet": (3, 32, 200),
+             "fashion-mnist": (1, 28, 10)}
+
+
+def bash_blocks(text):
+    return re.findall(r"```bash\n(.*?)```", text, re.S)
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_the_test_command():
+    demo, tests = bash_blocks(README)[:2]
+    assert "selfdistill demo" in demo and "pytest" in tests
+    assert README.index(demo) < README.index("## What is in it")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests.strip() in ci
+
+
+def test_readme_example_runs_as_a_complete_program(tmp_path):
+    block = re.search(r"## DLB in your own training loop.*?```python\n(.*?)```", README, re.S).group(1)
+    script = tmp_path / "example.py"
+    script.write_text(block)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    accuracy = float(re.search(r"test accuracy after 2 epochs: ([\d.]+)%", result.stdout).group(1))
+    assert accuracy > 60
+
+
+def test_demo_trains_both_methods_and_writes_table_and_plot(tmp_path):
+    result = run_cli("demo", "--epochs", "1", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "demo" / "test_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "demo" / "summary.md").read_text()
+    assert "| ce |" in summary and "| dlb |" in summary
+    assert "| ce |" in result.stdout
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_recipe_trains_one_step_on_a_stand_in(recipe):
+    raw = load_yaml(recipe)
+    channels, size, classes = STAND_INS[raw["data"]["dataset"]]
+    stand_in = {"data": {"dataset": "synthetic", "batch_size": 4, "eval_batch_size": 4,
+                         "synthetic": {"channels": channels, "size": size, "num_classes": classes,
+                                       "train_size": 4, "test_size": 4}},
+                "train": {"epochs": 1, "progress": False}}
+    config = resolve([raw, stand_in])
+    assert config.method["name"] == raw["method"]["name"] and config.model.name == raw["model"]["name"]
+    trainer = Trainer(config)
+    assert trainer.steps == 1
+    metrics = trainer.fit()
+    assert metrics["train_images_seen"] == 4 and metrics["test_images"] == 4
