@@ -58,7 +58,7 @@ def build_parser() -> Parser:
 
     demo = sub.add_parser("demo", help="CE vs DLB on the bundled Fashion-MNIST slice: table + accuracy plot")
     demo.add_argument("--out", help="output folder (default: selfdistill-demo, or -2, -3, ... if taken)")
-    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--epochs", type=int, default=8)
     demo.add_argument("--model", default="cnn")
     demo.add_argument("--seed", type=int, default=0)
 

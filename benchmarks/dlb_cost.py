@@ -1,0 +1,65 @@
+"""DLB's cost per image: training images/s of DLB (new + replayed rows) against CE at the same
+forward batch size (CE with batch 2B, DLB with batch B plus B replayed rows).
+
+What is timed: the engine's training loop only (no evaluation, no checkpointing), after one warm-up
+epoch each. CE and DLB epochs alternate ``--repeats`` times in one process on the same data and
+model architecture; the median of each is reported. DLB's extra work over CE at equal forward size
+is re-augmenting the replayed rows, one KL over them and keeping one batch of logits.
+
+    python benchmarks/dlb_cost.py                          # small CNN, full Fashion-MNIST if found
+    python benchmarks/dlb_cost.py --model resnet20 --images 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from selfdistill.config import resolve
+from selfdistill.data import load_dataset
+from selfdistill.engine import Trainer
+from selfdistill.errors import UserError
+
+
+def trainer_for(method: str, batch_size: int, args: argparse.Namespace, data) -> Trainer:
+    config = resolve([{"method": {"name": method}, "model": {"name": args.model},
+                       "data": {"dataset": args.dataset, "batch_size": batch_size, "train_subset": args.images},
+                       "schedule": {"name": "constant"}, "train": {"epochs": 100, "progress": False}}])
+    return Trainer(config, dataset=data)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--images", type=int, default=12000, help="training images per epoch (balanced subset)")
+    parser.add_argument("--batch-size", type=int, default=64, help="DLB's new rows per step (CE uses twice this)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        data = load_dataset(resolve([{"data": {"dataset": args.dataset, "train_subset": args.images}}]).data)
+    except UserError:
+        args.dataset, args.images = "fashion-mnist-mini", min(args.images, 6000)
+        data = load_dataset(resolve([{"data": {"dataset": args.dataset, "train_subset": args.images}}]).data)
+    ce = trainer_for("ce", 2 * args.batch_size, args, data)
+    dlb = trainer_for("dlb", args.batch_size, args, data)
+    rates: dict[str, list[float]] = {"ce": [], "dlb": []}
+    for rep in range(args.repeats + 1):  # round 0 warms up
+        for name, trainer in (("ce", ce), ("dlb", dlb)):
+            result = trainer.train_epoch(rep)
+            rate = result.rows / result.seconds
+            if rep:
+                rates[name].append(rate)
+            print(f"round {rep}{' (warm-up)' if rep == 0 else ''}: {name} {rate:,.0f} img/s", flush=True)
+    c, d = statistics.median(rates["ce"]), statistics.median(rates["dlb"])
+    print(f"\n{args.model}, {args.dataset} ({args.images} images/epoch), forward batch {2 * args.batch_size}, "
+          f"{torch.get_num_threads()} threads: CE {c:,.0f} img/s, DLB {d:,.0f} img/s, ratio {d / c:.3f}")
+
+
+if __name__ == "__main__":
+    main()
