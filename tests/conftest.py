@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from selfdistill.config import Config, resolve
+from selfdistill.methods import Method
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SYNTHETIC = {"dataset": "synthetic", "batch_size": 16, "eval_batch_size": 64,
@@ -41,3 +42,20 @@ def fashion_root() -> Path:
     if os.environ.get("SELFDISTILL_REQUIRE_DATA") == "1":
         pytest.fail("SELFDISTILL_DATA must point at a data root with fashion-mnist/ (CI requires real data)")
     pytest.skip("full Fashion-MNIST not found: set SELFDISTILL_DATA to a data root with fashion-mnist/")
+
+
+class Recorder(Method):
+    """Test helper: keeps every batch the engine trains on, with its logits."""
+
+    name = "recorder"
+    term_names = ("recorder_zero",)
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def losses(self, out, batch):
+        return {"recorder_zero": out.logits.sum() * 0}
+
+    def update(self, out, batch):
+        self.seen.append((batch, out.logits.detach().clone()))

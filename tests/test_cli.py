@@ -12,7 +12,9 @@ TINY = ["--set", "data.train_subset=1000", "--set", "data.eval_batch_size=500"]
 def test_methods_lists_one_line_each():
     result = run_cli("methods")
     lines = result.stdout.strip().splitlines()
-    assert result.returncode == 0 and [line.split()[0] for line in lines] == ["ce", "dlb"]
+    names = [line.split()[0] for line in lines]
+    assert result.returncode == 0 and names == ["ce", "dlb", "drg", "dsr", "tf_nkd", "zipf_ls", "bake", "ls", "cs_kd",
+                                                "ps_kd", "tf_kd_self", "tf_kd_reg", "byot", "lightskd"]
     assert all(len(line.split()) > 3 for line in lines)
 
 
@@ -28,6 +30,11 @@ def test_methods_lists_one_line_each():
     (["--epochs", "three"], "--epochs"),
     (["--config", "/no/such.yaml"], "--config"),
     (["--resume", "--out", "/no/such/run"], "nothing to resume"),
+    (["--method", "drg", "--set", "method.stage=layer9"], "method.stage"),
+    (["--method", "byot", "--model", "mlp"], "byot"),
+    (["--method", "bake+cs_kd"], "sampler"),
+    (["--method", "ps_kd", "--set", "data.mix.name=cutmix"], "data.mix"),
+    (["--method", "tf_kd_self"], "method.teacher"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(args, field, tmp_path):
     result = run_cli("train", "--out", str(tmp_path / "run"), *args) if "--out" not in args else run_cli("train", *args)
@@ -76,3 +83,14 @@ def test_divergence_exits_3_and_says_what_was_kept(tmp_path):
 def test_module_entry_point_and_version():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("selfdistill ")
+
+
+def test_report_summarises_finished_runs(tmp_path):
+    for seed in (0, 1):
+        result = run_cli("train", "--epochs", "1", "--seed", str(seed), "--out", str(tmp_path / f"s{seed}"), *TINY)
+        assert result.returncode == 0, result.stderr
+    report = run_cli("report", str(tmp_path))
+    assert report.returncode == 0
+    row = next(line for line in report.stdout.splitlines() if line.startswith("| fashion-mnist-mini"))
+    assert "| ce |" in row and "| 2 |" in row and "±" in row
+    assert run_cli("report", str(tmp_path / "nothing")).returncode == 2

@@ -135,3 +135,16 @@ def test_image_folder_generic_and_tiny_imagenet_layouts(tmp_path, monkeypatch):
     (tiny / "val" / "val_annotations.txt").write_text("val_0.JPEG\tdog\t0\t0\t64\t64\n")
     _, train_y, val_x, val_y, classes = read_image_folder(tiny, 32)
     assert classes == 2 and val_y.tolist() == [1] and val_x.shape == (1, 3, 32, 32)
+
+
+def test_validation_split_replaces_the_test_set_with_held_out_training_images():
+    full = load_dataset("fashion-mnist-mini")
+    cfg = DataConfig(dataset="fashion-mnist-mini", validation_split=1000, label_noise=0.4)
+    a, b = load_dataset(cfg, seed=0), load_dataset(cfg, seed=5)
+    assert len(a.train_labels) == 5000 and len(a.test_labels) == 1000
+    assert torch.bincount(a.test_labels).tolist() == [100] * 10
+    assert torch.equal(a.test_images, b.test_images)  # the same held-out images for every seed
+    held = {bytes(img.numpy()) for img in a.test_images}
+    assert not held & {bytes(img.numpy()) for img in a.train_images}  # disjoint from what is trained on
+    assert held <= {bytes(img.numpy()) for img in full.train_images}
+    assert not torch.equal(a.train_labels, a.clean_train_labels)  # noise only on the training part

@@ -6,13 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import Recorder, small_config
 from selfdistill import DLBHelper
 from selfdistill.engine import Trainer
 from selfdistill.losses import kd_kl
-from selfdistill.methods import DLB, Batch, Method, MethodStack, Outputs
+from selfdistill.methods import DLB, Batch, MethodStack, Outputs
 from selfdistill.methods.dlb import REPLAY, DLBOptions
-
-from conftest import small_config
 
 
 def step(method, images, labels, logits_fn, indices=None):
@@ -87,7 +86,7 @@ def test_two_forward_option_splits_new_and_replayed_rows():
     dlb = DLB(DLBOptions(forwards=2))
     step(dlb, torch.zeros(3, 1), torch.zeros(3, dtype=torch.long), lambda b: torch.randn(3, 2))
     batch = dlb.extend(Batch.new(torch.zeros(4, 1), torch.zeros(4, dtype=torch.long)))
-    assert batch.forward_splits() == [4, 3]
+    assert batch.forward_splits() == [(4, True), (3, True)]
     assert DLB().extend(batch).forward_splits() is not None  # parts keep their own-forward flag
     assert Batch.new(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)).forward_splits() is None
 
@@ -120,23 +119,6 @@ def test_state_dict_round_trip_restores_the_cache():
         assert torch.equal(other.previous[key], dlb.previous[key])
 
 
-class Recorder(Method):
-    """Test helper: keeps every batch the engine trains on, with its logits."""
-
-    name = "recorder"
-    term_names = ("recorder_zero",)
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def losses(self, out, batch):
-        return {"recorder_zero": out.logits.sum() * 0}
-
-    def update(self, out, batch):
-        self.seen.append((batch, out.logits.detach().clone()))
-
-
 def test_engine_replays_each_previous_batch_reaugmented_across_epoch_boundaries():
     trainer = Trainer(small_config(method={"name": "dlb"}))
     recorder = Recorder()
@@ -146,7 +128,7 @@ def test_engine_replays_each_previous_batch_reaugmented_across_epoch_boundaries(
     seen = recorder.seen
     assert REPLAY not in seen[0][0].parts  # very first step: nothing to replay
     reaugmented = 0
-    for (prev, prev_logits), (cur, _) in zip(seen, seen[1:]):
+    for (prev, _), (cur, _) in zip(seen, seen[1:]):
         new, replay = prev.parts["new"], cur.parts[REPLAY]
         assert torch.equal(cur.indices[replay], prev.indices[new])  # across the epoch boundary too
         assert torch.equal(cur.images[replay], prev.images[new])

@@ -3,14 +3,12 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, run_cli
 from selfdistill.config import load_yaml, resolve
 from selfdistill.engine import Trainer
-
-from conftest import ROOT, run_cli
 
 README = (ROOT / "README.md").read_text()
 RECIPES = sorted((ROOT / "src" / "selfdistill" / "configs").glob("*.yaml"))

@@ -6,13 +6,12 @@ import json
 import pytest
 import torch
 
+from conftest import small_config
 from selfdistill.config import ScheduleConfig
 from selfdistill.engine import Trainer, train
 from selfdistill.engine.optim import LRSchedule
 from selfdistill.errors import TrainingDiverged, UserError
 from selfdistill.methods import Method, MethodStack
-
-from conftest import small_config
 
 REQUIRED_METRICS = {"method", "dataset", "model", "seed", "epochs", "test_top1", "test_nll", "test_ece",
                     "train_images_seen", "wall_s", "images_per_s"}
@@ -75,7 +74,8 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, monke
     a = json.loads((tmp_path / "full" / "metrics.json").read_text())
     b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert a["test_top1"] == b["test_top1"] and a["train_images_seen"] == b["train_images_seen"]
-    assert (tmp_path / "full" / "log.csv").read_text().count("\n") == (tmp_path / "cut" / "log.csv").read_text().count("\n")
+    logs = [(tmp_path / run / "log.csv").read_text().splitlines() for run in ("full", "cut")]
+    assert [row.split(",")[:4] for row in logs[0]] == [row.split(",")[:4] for row in logs[1]]
 
 
 def test_existing_run_directory_is_never_overwritten(tmp_path):
@@ -135,3 +135,32 @@ def test_learning_rate_set_per_step_reaches_the_optimizer():
 def test_two_forward_dlb_trains():
     metrics = train(small_config(method={"name": "dlb", "forwards": 2}, train={"epochs": 4, "progress": False}))
     assert metrics["test_top1"] > 40
+
+
+def test_torch_compile_trains_like_eager():
+    eager = train(small_config(method={"name": "dlb"}))
+    compiled = train(small_config(method={"name": "dlb"}, train={"epochs": 2, "compile": True, "progress": False}))
+    assert abs(compiled["test_top1"] - eager["test_top1"]) <= 100 * 2 / 64  # at most 2 of 64 test images differ
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(capsys):
+    from selfdistill.engine.progress import Progress
+
+    row = {"epoch": 1, "lr": 0.1, "ce": 0.5, "train_top1": 80.0, "test_top1": 81.0, "test_nll": 0.4,
+           "test_ece": 2.0, "images_per_s": 1000.0, "seconds": 1.0}
+    bar = Progress(True, is_main=True)
+    bar.start_epoch(0, 1, steps=4)
+    assert bar.wants_stats
+    bar.update(2, {"loss": 0.5})
+    assert bar._bar.n == 2 and "loss" in str(bar._bar)
+    bar.end_epoch(row, ("ce",), 1)
+    plain = Progress(False, is_main=True)
+    plain.start_epoch(0, 1, steps=4)
+    assert not plain.wants_stats
+    plain.end_epoch(row, ("ce",), 1)
+    out = capsys.readouterr()
+    assert "0/4" in out.err  # the bar was drawn on stderr
+    assert out.out.count("epoch 1/1 | lr 0.1 | loss ce 0.5000 | train 80.00% | test 81.00%") == 2
+    silent = Progress(False, is_main=False)
+    silent.end_epoch(row, ("ce",), 1)
+    assert capsys.readouterr().out == ""  # other ranks print nothing

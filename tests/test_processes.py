@@ -59,3 +59,17 @@ def test_killed_run_resumes_to_the_bit_identical_result(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "full", cut))
     assert ma["test_top1"] == mb["test_top1"] and ma["test_nll"] == mb["test_nll"]
+
+
+def test_torchrun_gathers_per_sample_memory_and_trains_heads(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "selfdistill", "train", "--method", "drg+ps_kd",
+           "--epochs", "1", "--out", str(out), "--set", "data.train_subset=400"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    memories = [rank["ps_kd"]["memory"] for rank in state["method"]]
+    assert torch.equal(memories[0], memories[1])  # each rank saw the other's predictions
+    assert (memories[0].max(1).values < 1).all()  # every sample, from either shard, was written
+    assert any("drg" in key for key in state["extras"]) and json.loads((out / "metrics.json").read_text())[
+        "extra_parameters"] > 0

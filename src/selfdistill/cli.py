@@ -108,11 +108,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_list(kind: str) -> None:
     if kind == "methods":
-        from .methods import METHODS
+        from .methods import ALIASES, METHODS
 
-        width = max(map(len, METHODS))
-        for name, cls in METHODS.items():
-            print(f"{name:<{width}}  {cls.summary}")
+        lines = {name: cls.summary for name, cls in METHODS.items()} | {k: v[1] for k, v in ALIASES.items()}
+        width = max(map(len, lines))
+        for name, summary in lines.items():
+            print(f"{name:<{width}}  {summary}")
     elif kind == "models":
         from .models import model_names
 

@@ -49,6 +49,18 @@ class AugmentConfig:
 
 
 @dataclass
+class MixConfig:
+    """Mixup or CutMix on every training batch (with probability ``prob``)."""
+
+    name: Literal["none", "mixup", "cutmix"] = "none"
+    alpha: float = 1.0  # lam ~ Beta(alpha, alpha)
+    prob: float | None = None  # None: 1.0 for mixup, 0.5 for CutMix (the CutMix paper's CIFAR setting)
+
+    def probability(self) -> float:
+        return self.prob if self.prob is not None else (0.5 if self.name == "cutmix" else 1.0)
+
+
+@dataclass
 class DataConfig:
     dataset: str = "fashion-mnist-mini"
     data_dir: str | None = None
@@ -56,11 +68,13 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 1000
     train_subset: int | None = None  # class-balanced subset of the training set
+    validation_split: int | None = None  # hold out this many training images and evaluate on them, not on test
     label_noise: float = 0.0  # symmetric: this fraction of training labels moved to another class
     pad_to: int | None = None  # zero-pad images to this size, e.g. 28 -> 32
     image_size: int = 32  # image-folder datasets (Tiny-ImageNet) are decoded at this size
     drop_last: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -290,7 +304,11 @@ def validate(config: Config) -> None:
     require(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "an integer >= 1")
     require(0.0 <= d.label_noise < 1.0, "data.label_noise", d.label_noise, "a number in [0, 1)")
     require(d.train_subset is None or d.train_subset >= 1, "data.train_subset", d.train_subset, "null or >= 1")
+    require(d.validation_split is None or d.validation_split >= 1, "data.validation_split", d.validation_split,
+            "null or >= 1")
     require(d.pad_to is None or d.pad_to >= 1, "data.pad_to", d.pad_to, "null or a size in pixels")
+    require(d.mix.alpha > 0, "data.mix.alpha", d.mix.alpha, "a number > 0")
+    require(d.mix.prob is None or 0 <= d.mix.prob <= 1, "data.mix.prob", d.mix.prob, "null or a number in [0, 1]")
     require(d.image_size >= 8, "data.image_size", d.image_size, "an integer >= 8")
     pad = d.augment.crop_padding
     require(pad is None or pad >= 0, "data.augment.crop_padding", pad, "null or an integer >= 0")

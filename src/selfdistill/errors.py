@@ -14,7 +14,7 @@ class UserError(Exception):
     """A problem with the input that the user can fix; the message is one line."""
 
     @classmethod
-    def bad_value(cls, field: str, value: Any, allowed: str) -> "UserError":
+    def bad_value(cls, field: str, value: Any, allowed: str) -> UserError:
         return cls(f"{field}={value!r} is not allowed; allowed: {allowed}")
 
 

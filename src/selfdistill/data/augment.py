@@ -44,7 +44,8 @@ def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) 
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def random_resized_crop(images: torch.Tensor, generator: torch.Generator | None = None, scale: tuple[float, float] = (0.08, 1.0),
+def random_resized_crop(images: torch.Tensor, generator: torch.Generator | None = None,
+                        scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
     """Per-image crop of random area fraction and aspect ratio, resized back to the input size.
 

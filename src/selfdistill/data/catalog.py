@@ -136,7 +136,9 @@ def load_dataset(cfg: DataConfig | str, seed: int = 0) -> ImageDataset:
     ``cfg`` may be just a dataset name (``load_dataset("fashion-mnist-mini")``) for the defaults.
 
     The subset and the noisy labels are drawn from generators derived from ``seed``, so every method
-    trained with the same seed sees the same images and the same wrong labels.
+    trained with the same seed sees the same images and the same wrong labels. With
+    ``validation_split`` a fixed, class-balanced part of the training set (the same for every seed)
+    replaces the test set, for tuning without looking at test data; its labels stay clean.
     """
     if isinstance(cfg, str):
         cfg = DataConfig(dataset=cfg)
@@ -144,6 +146,11 @@ def load_dataset(cfg: DataConfig | str, seed: int = 0) -> ImageDataset:
         raise UserError.bad_value("data.dataset", cfg.dataset, ", ".join(DATASETS))
     info = DATASETS[cfg.dataset]
     train_x, train_y, test_x, test_y, num_classes = info.load(cfg)
+    if cfg.validation_split is not None:
+        held = balanced_subset(train_y, cfg.validation_split, num_classes, torch.Generator().manual_seed(99991))
+        keep = torch.ones(len(train_y), dtype=torch.bool)
+        keep[held] = False
+        (test_x, test_y), (train_x, train_y) = (train_x[held], train_y[held]), (train_x[keep], train_y[keep])
     if cfg.train_subset is not None and cfg.train_subset < len(train_y):
         keep = balanced_subset(train_y, cfg.train_subset, num_classes, torch.Generator().manual_seed(seed + 7919))
         train_x, train_y = train_x[keep], train_y[keep]

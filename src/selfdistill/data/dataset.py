@@ -43,7 +43,7 @@ class ImageDataset:
     def image_size(self) -> int:
         return int(self.train_images.shape[-1])
 
-    def to(self, device: torch.device | str) -> "ImageDataset":
+    def to(self, device: torch.device | str) -> ImageDataset:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(self, train_images=move(self.train_images), train_labels=move(self.train_labels),
                        test_images=move(self.test_images), test_labels=move(self.test_labels),

@@ -75,7 +75,8 @@ def _decode(samples: list[tuple[Path, int]], size: int, what: str) -> tuple[torc
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB").resize((size, size), Image.BILINEAR)
-                images[i] = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+                pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+                images[i] = pixels.view(size, size, 3).permute(2, 0, 1)
         except (OSError, ValueError) as exc:
             raise UserError(f"image {path} cannot be decoded ({exc})") from None
     return images, labels

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 from ..data import Augment, eval_batches
+from ..distributed import Dist, all_reduce_sum
 from ..metrics import EvalAccumulator
-from .distributed import Dist, all_reduce_sum
 from .runtime import Precision
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from ..config import TrainConfig
+from ..distributed import Dist
 from ..errors import UserError
-from .distributed import Dist
 
 
 def derive_seed(*keys: object) -> int:
@@ -28,8 +28,11 @@ def resolve_device(requested: str, ctx: Dist) -> torch.device:
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError.bad_value("train.device", requested, "cpu or auto (no CUDA device is available)")
-        if requested == "cuda":
-            return torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
+        device = torch.device(requested)
+        if device.index is None:
+            device = torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
+        torch.cuda.set_device(device)  # NCCL collectives use the current device
+        return device
     return torch.device(requested)
 
 
@@ -42,12 +45,13 @@ class Precision:
     device_type: str
 
     @classmethod
-    def resolve(cls, cfg: TrainConfig, device: torch.device) -> "Precision":
+    def resolve(cls, cfg: TrainConfig, device: torch.device) -> Precision:
         on_cuda = device.type == "cuda"
         amp = on_cuda if cfg.amp == "auto" else bool(cfg.amp)
         channels_last = on_cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
         if amp and not on_cuda:
-            warnings.warn("train.amp=true on a CPU: bf16 autocast is often many times slower than fp32 there")
+            warnings.warn("train.amp=true on a CPU: bf16 autocast is often many times slower than fp32 there",
+                          stacklevel=2)
         return cls(amp, channels_last, device.type)
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -59,7 +63,11 @@ class Precision:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if (self.channels_last and x.dim() == 4) else x
+        """Images in the run's memory format (the batched crop yields a channels-last layout, which
+        would otherwise leak into activations and gradients)."""
+        if x.dim() != 4:
+            return x
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
 def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
@@ -76,14 +84,21 @@ def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
 
 
 class GroupedForward(nn.Module):
-    """Runs the model once over all rows, or once per group of rows (``splits``), inside one module
-    call, so that DistributedDataParallel sees a single forward per backward either way."""
+    """Runs the model once over all rows, or once per group of rows (``splits``: rows and whether
+    with gradient), inside one module call, so that DistributedDataParallel sees a single forward per
+    backward either way. It also holds the methods' training-only modules, so DDP averages their
+    gradients too."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, extras: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.extras = extras
 
-    def forward(self, x: torch.Tensor, splits: list[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, splits: list[tuple[int, bool]] | None = None) -> torch.Tensor:
         if splits is None:
             return self.model(x)
-        return torch.cat([self.model(chunk) for chunk in x.split(splits)])
+        outputs = []
+        for chunk, (_, grad) in zip(x.split([size for size, _ in splits]), splits):
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                outputs.append(self.model(chunk))
+        return torch.cat(outputs)

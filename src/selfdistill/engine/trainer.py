@@ -14,7 +14,9 @@ the loop adds no host-device synchronisation of its own to a step.
 from __future__ import annotations
 
 import json
+import resource
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,14 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import Config, differences, resolve
-from ..data import Augment, ImageDataset, load_dataset, steps_per_epoch, train_batches
+from ..data import Augment, ImageDataset, load_dataset, train_batches
+from ..data.mixing import Mixer, apply_mix
+from ..distributed import all_reduce_sum, any_rank, gather_objects, init_distributed, shutdown
 from ..errors import TrainingDiverged, UserError
 from ..methods import Batch, Outputs, build_method
-from ..models import build_model, count_parameters
+from ..methods.base import SetupContext
+from ..models import FeatureTaps, build_model, count_parameters
 from . import rundir
-from .distributed import Dist, all_reduce_sum, any_rank, gather_objects, init_distributed, shutdown
 from .evaluate import evaluate
 from .optim import LRSchedule, make_optimizer
 from .progress import Progress
@@ -75,19 +79,32 @@ class Trainer:
                                d.augment.resized_crop if aug.resized_crop is None else aug.resized_crop,
                                cfg.data.pad_to)
 
+        mix = cfg.data.mix
+        self.mixer = Mixer(mix.name, mix.alpha, mix.probability(), size) if mix.name != "none" else None
+
         torch.manual_seed(derive_seed(cfg.train.seed, "init"))
-        self.model = self.precision.model(build_model(cfg.model.name, d.num_classes, d.in_channels, size)).to(self.device)
+        model = build_model(cfg.model.name, d.num_classes, d.in_channels, size)
+        self.model = self.precision.model(model).to(self.device)
         self.method = build_method(cfg.method)
-        self.steps = steps_per_epoch(len(d.train_labels), self.batch_size, cfg.data.drop_last, self.ctx.world_size)
+        self.method.setup(SetupContext(self.model, cfg.model.name, d.num_classes, (d.in_channels, size, size),
+                                       d.train_labels, cfg.train.epochs, self.device, self.ctx, self.mixer is not None))
+        self.extras = self.precision.model(nn.ModuleDict(self.method.modules())).to(self.device)
+        self.taps = FeatureTaps(self.model, list(self.method.taps)) if self.method.taps else None
+        self.train_labels_cpu = d.train_labels.cpu()
+        self.steps = len(self._epoch_batches(0))
         if self.steps == 0:
             raise UserError(f"data.batch_size={cfg.data.batch_size} leaves no training step per epoch with "
                             f"{len(d.train_labels)} training images")
-        self.optimizer = make_optimizer(list(self.model.parameters()), cfg.optim)
+        self.optimizer = make_optimizer(list(self.model.parameters()) + list(self.extras.parameters()), cfg.optim)
         self.schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.train.epochs, self.steps)
-        forward: nn.Module = GroupedForward(torch.compile(self.model) if cfg.train.compile else self.model)
+        forward: nn.Module = GroupedForward(torch.compile(self.model) if cfg.train.compile else self.model,
+                                            self.extras)
         if self.ctx.enabled:
+            # 1x1 kernels' gradients may carry arbitrary strides on their size-1 dimensions: contiguous, yet
+            # not stride-identical to DDP's bucket, which then warns on every step although nothing is wrong.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             forward = DistributedDataParallel(forward, device_ids=[self.device.index] if self.device.type == "cuda"
-                                              else None)
+                                              else None, gradient_as_bucket_view=True)
         self.forward = forward
         self.progress = Progress(cfg.train.progress, self.ctx.is_main)
         self.history: list[dict[str, Any]] = []
@@ -118,6 +135,7 @@ class Trainer:
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        self.extras.load_state_dict(state["extras"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(_to_device(state["method"][self.ctx.rank], self.device))
         self.history = list(state["history"])
@@ -126,15 +144,29 @@ class Trainer:
         self.previous_wall = state["wall_seconds"]
 
     # ------------------------------------------------------------------ one epoch
+    def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's index batches: the method's sampler if it has one, else a shuffled pass."""
+        cfg = self.config
+        order = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "order", epoch))
+        args = (self.batch_size, order, cfg.data.drop_last, self.ctx.rank, self.ctx.world_size)
+        batches = self.method.batches(self.train_labels_cpu, *args)
+        return batches if batches is not None else train_batches(len(self.train_labels_cpu), *args)
+
+    def _inputs(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        """Augment every row afresh; mix rows with their (augmented) partners when mixing is on."""
+        inputs = self.augment(batch.images, generator)
+        if batch.mix is not None:
+            inputs = apply_mix(inputs, self.augment(batch.mix.partner_images, generator), batch.mix)
+        return self.precision.inputs(inputs)
+
     def train_epoch(self, epoch: int) -> EpochResult:
         cfg, d, dev = self.config, self.data, self.device
         torch.manual_seed(derive_seed(cfg.train.seed, "torch", epoch, self.ctx.rank))
-        order = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "order", epoch))
         aug_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.train.seed, "augment", epoch, self.ctx.rank))
-        batches = train_batches(len(d.train_labels), self.batch_size, order, cfg.data.drop_last,
-                                self.ctx.rank, self.ctx.world_size)
+        batches = self._epoch_batches(epoch)
         self.method.start_epoch(epoch)
         self.model.train()
+        self.extras.train()
         names = self.method.term_names
         term_sums = torch.zeros(len(names), device=dev)
         correct = torch.zeros((), device=dev)
@@ -146,11 +178,15 @@ class Trainer:
         for step, idx in enumerate(batches):
             self.schedule.apply(self.optimizer, epoch, step)
             idx = idx.to(dev, non_blocking=True)
-            batch = self.method.extend(Batch.new(d.train_images[idx], d.train_labels[idx], idx))
-            batch.inputs = self.precision.inputs(self.augment(batch.images, aug_gen))
+            batch = Batch.new(d.train_images[idx], d.train_labels[idx], idx)
+            if self.mixer is not None:
+                batch.mix = self.mixer.draw(batch.images, batch.labels, aug_gen)
+            batch = self.method.extend(batch)
+            batch.inputs = self._inputs(batch, aug_gen)
             with self.precision.autocast():
-                out = Outputs(self.forward(batch.inputs, batch.forward_splits()))
-            terms = self.method.losses(out, batch)
+                out = Outputs(self.forward(batch.inputs, batch.forward_splits()),
+                              dict(self.taps.features) if self.taps else {})
+                terms = self.method.losses(out, batch)
             self.method.update(out, batch)
             loss = torch.stack(list(terms.values())).sum()
             self.optimizer.zero_grad(set_to_none=True)
@@ -232,7 +268,8 @@ class Trainer:
         rundir.write_log(self.out / "log.csv", self.history)
         rundir.atomic_torch_save(self.out / rundir.CHECKPOINT, {
             "version": rundir.CHECKPOINT_VERSION, "epoch": epochs_done, "config": self.config.to_dict(),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "method": method_states,
+            "model": self.model.state_dict(), "extras": self.extras.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "method": method_states,
             "history": self.history, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "wall_seconds": self.previous_wall + time.perf_counter() - wall_start})
 
@@ -250,6 +287,7 @@ class Trainer:
             "train_s": self.train_seconds, "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
             "steps_per_epoch": self.steps, "batch_size": cfg.data.batch_size, "label_noise": cfg.data.label_noise,
             "train_subset": cfg.data.train_subset, "parameters": count_parameters(self.model),
+            "extra_parameters": count_parameters(self.extras), "peak_memory_mb": peak_memory_mb(self.device),
             "world_size": self.ctx.world_size, "device": str(self.device),
             "best_epoch_selected_on_test": best["epoch"], "best_test_top1_selected_on_test": best["test_top1"],
         }
@@ -257,6 +295,13 @@ class Trainer:
             rundir.write_json(self.out / "metrics.json", metrics)
             rundir.atomic_torch_save(self.out / "model.pt", self.model.state_dict())
         return metrics
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: allocated on the GPU, or resident set size on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _sync(device: torch.device) -> None:

@@ -20,6 +20,15 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     return kl * (t * t)
 
 
+def kl_to_target(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``T^2 * KL(target || softmax(student / T))`` for a target that already is a distribution
+    (batchmean, target detached)."""
+    t = float(temperature)
+    log_student = F.log_softmax(student_logits.float() / t, dim=1)
+    kl = F.kl_div(log_student, target_probs.detach().float(), reduction="batchmean")
+    return kl * (t * t)
+
+
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy against class indices (int64) or per-row probability vectors (float).
 

@@ -11,23 +11,39 @@ from typing import Any
 
 from ..config import build_dataclass
 from ..errors import UserError
-from .base import Batch, Method, Outputs
+from .bake import BAKE
+from .base import Batch, Method, Outputs, SetupContext
+from .byot import BYOT
 from .ce import CrossEntropy
+from .cs_kd import CSKD
 from .dlb import DLB, DLBOptions
+from .drg import DRG
+from .dsr import DSR
+from .label_smoothing import LabelSmoothing
+from .ps_kd import PSKD
 from .stack import MethodStack
+from .tf_kd_reg import TfKDReg
+from .tf_kd_self import TfKDSelf
+from .tf_nkd import TfNKD
+from .zipf_ls import ZipfLS
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CrossEntropy, DLB)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
+    CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT)}
+# names that stand for a combination
+ALIASES = {"lightskd": ("drg+dsr", "LightSKD (2023): DRG + DSR together, the paper's full method")}
 
 
 def method_names() -> list[str]:
-    return list(METHODS)
+    return [*METHODS, *ALIASES]
 
 
 def _members(name: str) -> list[type[Method]]:
+    name = ALIASES[name][0] if name in ALIASES else name
     parts = name.split("+")
     unknown = [p for p in parts if p not in METHODS]
     if unknown or not name:
-        raise UserError.bad_value("method.name", name, f"{', '.join(METHODS)} (combine with +, e.g. dlb+ce)")
+        allowed = ", ".join(method_names())
+        raise UserError.bad_value("method.name", name, f"{allowed} (combine with +, e.g. dlb+dsr)")
     if len(set(parts)) != len(parts):
         raise UserError.bad_value("method.name", name, "each method at most once")
     return [METHODS[p] for p in parts]
@@ -58,9 +74,10 @@ def build_method(config: dict[str, Any]) -> MethodStack:
     members = _members(config["name"])
     values = {k: v for k, v in config.items() if k != "name"}
     if len(members) == 1:
-        return MethodStack([members[0](_options(members[0], values, "method"))])
-    return MethodStack([cls(_options(cls, values.get(cls.name, {}), f"method.{cls.name}")) for cls in members])
+        return MethodStack([members[0](_options(members[0], values, "method"))], config["name"])
+    return MethodStack([cls(_options(cls, values.get(cls.name, {}), f"method.{cls.name}")) for cls in members],
+                       config["name"])
 
 
-__all__ = ["Batch", "CrossEntropy", "DLB", "DLBOptions", "METHODS", "Method", "MethodStack", "Outputs",
-           "build_method", "method_names", "method_options"]
+__all__ = ["ALIASES", "Batch", "CrossEntropy", "DLB", "DLBOptions", "METHODS", "Method", "MethodStack", "Outputs",
+           "SetupContext", "build_method", "method_names", "method_options"]

@@ -4,13 +4,16 @@ forward's outputs into named loss terms, and keeps its own state between steps.
 One training step, as the engine (or a user's own loop) runs it::
 
     batch = method.extend(batch)            # e.g. DLB appends the previous batch's images
-    batch.inputs = augment(batch.images)    # every row augmented afresh
+    batch.inputs = augment(batch.images)    # every row augmented afresh (and mixed, with mixup/CutMix)
     out = Outputs(model(batch.inputs))      # one forward (or one per forward group)
     terms = method.losses(out, batch)       # {"ce": ..., "dlb_kl": ...}
     method.update(out, batch)               # e.g. DLB stores this step's logits
     sum(terms.values()).backward()
 
-A method never runs backward or steps the optimiser; the engine never asks which method it runs.
+Before training the engine calls :meth:`Method.setup` once with the model and the data's shape, so a
+method can size auxiliary heads from the real channel counts, ask for feature taps, or refuse a
+model it cannot work with. A method never runs backward or steps the optimiser; the engine never
+asks which method it runs.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn as nn
+
+from ..data.mixing import Mix
+from ..distributed import Dist
 
 
 @dataclass
@@ -29,9 +36,10 @@ class Batch:
     ``images`` are un-augmented rows (uint8 in the engine), ``labels`` the hard targets, ``indices``
     each row's position in the training set (-1 when unknown). ``parts`` names contiguous row ranges:
     ``"new"`` is what the loader gave; methods append their own (``"dlb_replay"``). Parts listed in
-    ``own_forward`` are run through the model in a forward call of their own (batch-norm statistics
-    per part) instead of together with the rest. ``inputs`` holds the augmented float rows once the
-    engine has made them.
+    ``own_forward`` run through the model in a forward call of their own (batch-norm statistics per
+    part); parts in ``no_grad`` are forwarded without gradient; parts in ``unsupervised`` get no
+    hard-label loss. ``mix`` describes mixup/CutMix per row, when on. ``inputs`` holds the augmented
+    float rows once the engine has made them.
     """
 
     images: torch.Tensor
@@ -39,10 +47,13 @@ class Batch:
     indices: torch.Tensor
     parts: dict[str, slice]
     own_forward: tuple[str, ...] = ()
+    no_grad: tuple[str, ...] = ()
+    unsupervised: tuple[str, ...] = ()
+    mix: Mix | None = None
     inputs: torch.Tensor | None = None
 
     @classmethod
-    def new(cls, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> "Batch":
+    def new(cls, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None) -> Batch:
         if indices is None:
             indices = torch.full((len(labels),), -1, dtype=torch.long, device=labels.device)
         return cls(images, labels, indices, {"new": slice(0, len(labels))})
@@ -51,30 +62,74 @@ class Batch:
         return len(self.labels)
 
     def append(self, part: str, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-               own_forward: bool = False) -> "Batch":
-        """A new batch with ``images`` added as rows named ``part`` after the existing ones."""
+               own_forward: bool = False, grad: bool = True, supervised: bool = True,
+               mix: Mix | None = None) -> Batch:
+        """A new batch with ``images`` added as rows named ``part`` after the existing ones. When the
+        batch is mixed, the new rows take ``mix`` (or stay unmixed if it is None)."""
         if part in self.parts:
             raise ValueError(f"batch already has a part named {part!r}")
         start = len(self)
+        merged = None
+        if self.mix is not None:
+            merged = self.mix.cat(mix or Mix.identity(images, labels, self.mix.boxes is not None))
         return dataclasses.replace(
             self, images=torch.cat([self.images, images]), labels=torch.cat([self.labels, labels]),
             indices=torch.cat([self.indices, indices]), parts={**self.parts, part: slice(start, start + len(labels))},
-            own_forward=self.own_forward + ((part,) if own_forward else ()))
+            own_forward=self.own_forward + ((part,) if own_forward else ()),
+            no_grad=self.no_grad + (() if grad else (part,)),
+            unsupervised=self.unsupervised + (() if supervised else (part,)), mix=merged)
 
-    def forward_splits(self) -> list[int] | None:
-        """Row counts of the consecutive forward calls, or None for a single forward over all rows."""
-        if not self.own_forward:
+    def split(self, part: str, into: tuple[str, str], at: int, **flags: bool) -> Batch:
+        """Cut ``part`` in two at row ``at`` (relative to the part); ``flags`` (own_forward, grad,
+        supervised) apply to the second piece."""
+        rows = self.parts[part]
+        parts = {k: v for k, v in self.parts.items() if k != part}
+        parts[into[0]] = slice(rows.start, rows.start + at)
+        parts[into[1]] = slice(rows.start + at, rows.stop)
+        second = into[1]
+        return dataclasses.replace(
+            self, parts=parts, own_forward=self.own_forward + ((second,) if flags.get("own_forward") else ()),
+            no_grad=self.no_grad + (() if flags.get("grad", True) else (second,)),
+            unsupervised=self.unsupervised + (() if flags.get("supervised", True) else (second,)))
+
+    def forward_splits(self) -> list[tuple[int, bool]] | None:
+        """(rows, with gradient) of the consecutive forward calls, or None for a single forward."""
+        if not self.own_forward and not self.no_grad:
             return None
-        splits: list[int] = []
+        splits: list[tuple[int, bool]] = []
         shared = 0
         for name, rows in sorted(self.parts.items(), key=lambda item: item[1].start):
             size = rows.stop - rows.start
-            if name in self.own_forward:
-                splits += [shared, size] if shared else [size]
+            if name in self.own_forward or name in self.no_grad:
+                if shared:
+                    splits.append((shared, True))
+                splits.append((size, name not in self.no_grad))
                 shared = 0
             else:
                 shared += size
-        return splits + ([shared] if shared else [])
+        return splits + ([(shared, True)] if shared else [])
+
+    def supervised_rows(self) -> slice | torch.Tensor:
+        """The rows that get the hard-label loss: a slice when they are all of them, else indices."""
+        if not self.unsupervised:
+            return slice(None)
+        keep = [torch.arange(r.start, r.stop, device=self.labels.device)
+                for name, r in sorted(self.parts.items(), key=lambda item: item[1].start)
+                if name not in self.unsupervised]
+        return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long, device=self.labels.device)
+
+    def loss_targets(self, num_classes: int) -> torch.Tensor:
+        """What a hard-label loss takes: the labels, or the mixed target distributions when mixing."""
+        return self.labels if self.mix is None else self.targets(num_classes)
+
+    def targets(self, num_classes: int) -> torch.Tensor:
+        """Per-row target distributions: one-hot labels, or the mixed labels when mixing is on."""
+        onehot = torch.nn.functional.one_hot(self.labels, num_classes).float()
+        if self.mix is None:
+            return onehot
+        partner = torch.nn.functional.one_hot(self.mix.partner_labels, num_classes).float()
+        lam = self.mix.lam[:, None]
+        return lam * onehot + (1 - lam) * partner
 
 
 @dataclass
@@ -83,6 +138,21 @@ class Outputs:
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class SetupContext:
+    """What a method may know before training: the model and the shape of the data."""
+
+    model: nn.Module
+    model_name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]  # C, H, W as the model sees it
+    train_labels: torch.Tensor  # the (possibly noisy) training labels, on the training device
+    epochs: int
+    device: torch.device
+    dist: Dist = field(default_factory=Dist)
+    mixing: bool = False
 
 
 @dataclass
@@ -101,11 +171,29 @@ class Method:
     Options: ClassVar[type] = NoOptions
     term_names: ClassVar[tuple[str, ...]] = ()
     provides_task_loss: ClassVar[bool] = False  # True: replaces the default hard-label cross-entropy
+    supports_mixing: ClassVar[bool] = True  # False: refuses mixup/CutMix (the method's targets need clean rows)
     min_batch_size: ClassVar[int] = 1
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
         self.options.check()
+
+    def setup(self, ctx: SetupContext) -> None:
+        """Called once before training; raise ``UserError`` if the model or data cannot work."""
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """Feature taps (module paths) this method reads from :class:`Outputs`."""
+        return ()
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Training-only trainable modules (auxiliary heads); never part of the saved model."""
+        return {}
+
+    def batches(self, labels: torch.Tensor, batch_size: int, generator: torch.Generator, drop_last: bool,
+                rank: int, world_size: int) -> list[torch.Tensor] | None:
+        """This rank's index batches for an epoch, for methods with their own sampler; None otherwise."""
+        return None
 
     def start_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based)."""

@@ -9,8 +9,9 @@ from .base import Batch, Method, Outputs
 
 
 class CrossEntropy(Method):
-    """Mean cross-entropy over *all* rows of the batch, including rows that methods appended (DLB's
-    official code averages the hard-label loss over both halves)."""
+    """Mean cross-entropy over the supervised rows of the batch, including rows that methods appended
+    (DLB's official code averages the hard-label loss over both halves); against the mixed targets
+    when mixup/CutMix is on."""
 
     name = "ce"
     summary = "cross-entropy baseline on hard labels"
@@ -18,4 +19,5 @@ class CrossEntropy(Method):
     provides_task_loss = True
 
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
-        return {"ce": cross_entropy(out.logits, batch.labels)}
+        rows = batch.supervised_rows()
+        return {"ce": cross_entropy(out.logits[rows], batch.loss_targets(out.logits.shape[1])[rows])}

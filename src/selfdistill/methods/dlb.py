@@ -22,6 +22,12 @@ Choices, each an option:
 * ``alpha_warmup_epochs``: ramp alpha linearly over the first epochs (factor min((epoch + 1) / w, 1));
   0, the default and the paper's setting, disables it. Downstream users of DLB asked for this.
 
+With mixup or CutMix, a replayed row is the *same mixed image* as one step earlier: the same two
+source images, the same lam and CutMix box, each source re-augmented. Its stored logits were made
+on that mixed image, so the consistency target stays meaningful, and it keeps its mixed hard-label
+target. (The alternative, mixing the new rows and replaying the replayed rows unmixed, would distil
+the logits of a mixed image into an unmixed one.) Only the new rows draw fresh mixing.
+
 Defaults T = 3 and alpha = 1 are the published settings as quoted by third parties (the official
 script has no defaults). Train accuracy is measured on the new rows only, as in the official code.
 """
@@ -33,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..data.mixing import Mix
 from ..errors import require
 from ..losses import kd_kl
 from .base import Batch, Method, Outputs
@@ -78,7 +85,7 @@ class DLB(Method):
             return batch
         prev = self.previous
         return batch.append(REPLAY, prev["images"], prev["labels"], prev["indices"],
-                            own_forward=self.options.forwards == 2)
+                            own_forward=self.options.forwards == 2, mix=prev.get("mix"))
 
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         if REPLAY not in batch.parts:
@@ -90,11 +97,20 @@ class DLB(Method):
         new = batch.parts["new"]
         self.previous = {"images": batch.images[new], "labels": batch.labels[new], "indices": batch.indices[new],
                          "logits": out.logits[new].detach().float()}
+        if batch.mix is not None:
+            self.previous["mix"] = batch.mix.rows(new)
 
     def state_dict(self) -> dict[str, Any]:
         # clone: the stored rows are views into the step's concatenated batch
-        previous = None if self.previous is None else {k: v.clone() for k, v in self.previous.items()}
+        if self.previous is None:
+            return {"previous": None}
+        previous = {k: v.clone() for k, v in self.previous.items() if k != "mix"}
+        if "mix" in self.previous:
+            previous["mix"] = {k: (None if v is None else v.clone()) for k, v in vars(self.previous["mix"]).items()}
         return {"previous": previous}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.previous = state["previous"]
+        previous = state["previous"]
+        if previous is not None and "mix" in previous:
+            previous = {**previous, "mix": Mix(**previous["mix"])}
+        self.previous = previous

@@ -50,7 +50,7 @@ class FeatureTaps:
             handle.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "FeatureTaps":
+    def __enter__(self) -> FeatureTaps:
         return self
 
     def __exit__(self, *exc: Any) -> None:

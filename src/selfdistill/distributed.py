@@ -68,3 +68,12 @@ def any_rank(flag: bool, ctx: Dist, device: torch.device) -> bool:
 def shutdown(ctx: Dist) -> None:
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_gather_rows(tensor: torch.Tensor, ctx: Dist) -> torch.Tensor:
+    """Concatenate equally shaped tensors from all ranks along dim 0, in rank order."""
+    if not ctx.enabled:
+        return tensor
+    out = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+    dist.all_gather(out, tensor.contiguous())
+    return torch.cat(out)
