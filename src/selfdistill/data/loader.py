@@ -15,16 +15,17 @@ import torch
 
 
 def train_batches(num_samples: int, batch_size: int, generator: torch.Generator, drop_last: bool = False,
-                  rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+                  rank: int = 0, world_size: int = 1, min_last: int = 2) -> list[torch.Tensor]:
     """This rank's index batches for one epoch (``batch_size`` is per rank).
 
-    A final batch smaller than ``batch_size`` is kept unless ``drop_last``; a final batch of a
-    single sample is always dropped, because batch normalisation cannot train on one sample.
+    A final batch smaller than ``batch_size`` is kept unless ``drop_last``; a final batch of fewer
+    than ``min_last`` samples is always dropped (by default a single sample, because batch
+    normalisation cannot train on one).
     """
     order = torch.randperm(num_samples, generator=generator)
     order = order[: len(order) - len(order) % world_size][rank::world_size]
     batches = list(order.split(batch_size))
-    if batches and (len(batches[-1]) < 2 or (drop_last and len(batches[-1]) < batch_size)):
+    if batches and (len(batches[-1]) < min_last or (drop_last and len(batches[-1]) < batch_size)):
         batches.pop()
     return batches
 

@@ -13,6 +13,7 @@ the loop adds no host-device synchronisation of its own to a step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
@@ -184,8 +185,9 @@ class Trainer:
             batch = self.method.extend(batch)
             batch.inputs = self._inputs(batch, aug_gen)
             with self.precision.autocast():
-                out = Outputs(self.forward(batch.inputs, batch.forward_splits()),
-                              dict(self.taps.features) if self.taps else {})
+                with self.taps.record() if self.taps else contextlib.nullcontext():
+                    logits = self.forward(batch.inputs, batch.forward_splits())
+                out = Outputs(logits, dict(self.taps.features) if self.taps else {})
                 terms = self.method.losses(out, batch)
             self.method.update(out, batch)
             loss = torch.stack(list(terms.values())).sum()

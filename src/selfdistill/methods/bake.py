@@ -101,7 +101,9 @@ class BAKE(Method):
             raise UserError(f"data.batch_size={batch_size * world_size} is too small for BAKE with "
                             f"method.extra_per_anchor={m}; allowed: at least {(m + 1) * world_size}")
         out = []
-        for anchors in train_batches(len(labels), anchors_per_batch, generator, drop_last, rank, world_size):
+        # a last batch of one anchor still forwards M + 1 images, enough for batch normalisation
+        for anchors in train_batches(len(labels), anchors_per_batch, generator, drop_last, rank, world_size,
+                                     min_last=1):
             extras = same_class_extras(anchors, labels, m, generator)
             out.append(torch.cat([anchors, extras.flatten()]))
         return out
@@ -110,7 +112,7 @@ class BAKE(Method):
         rows = batch.supervised_rows()
         logits = out.logits[rows].float()
         t = self.options.temperature
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(logits.device.type, enabled=False):  # affinities in float32
             features = F.normalize(out.features[FEATURE][rows].float(), dim=1)
             n = len(features)
             eye = torch.eye(n, device=features.device)

@@ -1,15 +1,17 @@
 """Tf-KD_self: the network trained normally, frozen, teaches a fresh copy of itself (Yuan et al.,
 CVPR 2020, "Revisiting Knowledge Distillation via Label Smoothing Regularization").
 
-    L = (1 - alpha) * CE(z_s, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))   (batchmean)
+    L = (1 - alpha) * CE(z_s, y) + alpha * T^2 * kl_weight * KL(softmax(z_t / T) || softmax(z_s / T))
 
 The teacher is a model of the same architecture, loaded from ``method.teacher`` (a ``model.pt`` or a
 finished run directory, e.g. a ``--method ce`` run), run in eval mode without gradient on the same
-augmented batch as the student; the student starts from scratch. Defaults T = 6, alpha = 0.95
-(the paper's CIFAR-100 ResNet-18 setting). The paper's Eq. 7 has no T^2, but with alpha = 0.95 that
-form shrinks the whole loss about twentyfold and barely trains; the official code multiplies the KL
-by T^2 (and by a per-model ``multiplier``, dividing by the class count), so T^2 is our default and
-``t_squared: false`` gives the paper's literal form. The official teacher is the best-on-test checkpoint of its
+augmented batch as the student; the student starts from scratch. This is the official code's
+``loss_kd_self`` (KL batchmean here). The paper's Eq. 7 has neither T^2 nor ``kl_weight``; with its
+alpha = 0.95 that literal form shrinks the whole loss about twentyfold and barely trains. The
+official code multiplies the KL by T^2 and by a per-model ``multiplier`` while averaging it over the
+K classes as well, i.e. kl_weight = multiplier / K; its CIFAR-100 ResNet-18 setting (alpha = 0.95,
+T = 6, multiplier = 50) gives kl_weight = 0.5, our default, the same strength for any K. The
+official teacher is the best-on-test checkpoint of its
 run; ours is whatever ``model.pt`` you give (our runs save the final epoch).
 """
 
@@ -32,11 +34,12 @@ class TfKDSelfOptions:
     teacher: str = ""
     temperature: float = 6.0
     alpha: float = 0.95
-    t_squared: bool = True
+    kl_weight: float = 0.5
 
     def check(self) -> None:
         require(self.temperature > 0, "method.temperature", self.temperature, "a number > 0")
         require(0 <= self.alpha <= 1, "method.alpha", self.alpha, "a number in [0, 1]")
+        require(self.kl_weight >= 0, "method.kl_weight", self.kl_weight, "a number >= 0")
 
 
 class TfKDSelf(Method):
@@ -66,7 +69,6 @@ class TfKDSelf(Method):
         with torch.inference_mode():
             teacher_logits = self.teacher(batch.inputs[rows])
         student = out.logits[rows]
-        kl = kd_kl(student, teacher_logits.clone(), o.temperature)  # clone: leave inference mode
-        kl = kl if o.t_squared else kl / (o.temperature ** 2)
+        kl = o.kl_weight * kd_kl(student, teacher_logits.clone(), o.temperature)  # clone: leave inference mode
         return {"tfkd_ce": (1 - o.alpha) * cross_entropy(student, batch.loss_targets(out.logits.shape[1])[rows]),
                 "tfkd_self_kl": o.alpha * kl}

@@ -13,7 +13,8 @@ a Zipf distribution over that ranking:
 
 As in the official code (megvii-research/zipfls): votes alone decide the ranking (the pooled
 prediction does not), q carries no gradient, power = 1, and lambda = 0.1 (their CIFAR-100 and
-ImageNet setting; 1.0 on Tiny-ImageNet). The official ranking runs on the CPU with SciPy; ours is a
+ImageNet setting; 1.0 on Tiny-ImageNet); the official ImageNet runs do not upsample
+(``method.upsample: false``). The official ranking runs on the CPU with SciPy; ours is a
 batched tie-aware rank on the device. The dense logits reuse the model's own classifier (``fc``,
 after ``classifier`` for VGG) on the input of its global average pooling. With mixup/CutMix every
 class with target mass is left out of the non-target set.
@@ -43,15 +44,18 @@ class ZipfOptions:
 
 
 def min_rank(votes: torch.Tensor) -> torch.Tensor:
-    """Rank of each class by votes (most votes = 1), ties taking the smallest rank ('min')."""
-    return 1 + (votes[:, None, :] > votes[:, :, None]).sum(-1)
+    """Rank of each class by votes (most votes = 1), ties taking the smallest rank ('min'):
+    1 + the number of classes with strictly more votes, found by binary search in sorted votes."""
+    ascending = votes.sort(dim=1).values.contiguous()
+    return 1 + votes.shape[1] - torch.searchsorted(ascending, votes.contiguous(), right=True)
 
 
 def zipf_targets(votes: torch.Tensor, exclude: torch.Tensor, power: float) -> torch.Tensor:
-    """rank ** -power over the classes not in ``exclude`` (a boolean mask), renormalised per row."""
+    """rank ** -power over the classes not in ``exclude`` (a boolean mask), renormalised per row
+    (a row with every class excluded gets all zeros)."""
     weights = min_rank(votes).float() ** -power
     weights = weights.masked_fill(exclude, 0.0)
-    return weights / weights.sum(1, keepdim=True)
+    return weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
 
 
 class ZipfLS(Method):
@@ -82,7 +86,8 @@ class ZipfLS(Method):
             for layer in self.head:
                 dense = layer(dense)
             winners = dense.argmax(-1).flatten(1)
-            return F.one_hot(winners, num_classes).sum(1)
+            votes = torch.zeros(len(winners), num_classes, dtype=torch.long, device=winners.device)
+            return votes.scatter_add_(1, winners, torch.ones_like(winners))
 
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         rows = batch.supervised_rows()
@@ -90,6 +95,6 @@ class ZipfLS(Method):
         k = logits.shape[1]
         exclude = batch.targets(k)[rows] > 0
         q = zipf_targets(self.dense_votes(out.features[self.tap][rows], k), exclude, self.options.power)
-        log_p = F.log_softmax(logits.masked_fill(exclude, float("-inf")), dim=1)
-        kl = (torch.xlogy(q, q) - q * log_p.masked_fill(exclude, 0.0)).sum(1).mean()
+        log_p = F.log_softmax(logits.masked_fill(exclude, float("-inf")), dim=1).masked_fill(exclude, 0.0)
+        kl = (torch.xlogy(q, q) - q * log_p).sum(1).mean()
         return {"zipf_kl": self.options.lam * kl}

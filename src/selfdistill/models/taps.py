@@ -6,11 +6,15 @@
     taps["fc:input"]    # input of model.fc, i.e. the pooled penultimate feature
 
 Works on any ``nn.Module`` (user models too); ``remove()`` (or leaving a ``with`` block) detaches
-the hooks.
+the hooks. Outside :meth:`FeatureTaps.record` each tap keeps the latest call's feature; inside it,
+the features of every call are kept and joined along the batch, so a step whose rows go through the
+model in several forward calls gets features row-aligned with its logits.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,6 +32,7 @@ class FeatureTaps:
     def __init__(self, model: nn.Module, paths: list[str]) -> None:
         modules = dict(model.named_modules())
         self.features: dict[str, torch.Tensor] = {}
+        self._recording: dict[str, list[torch.Tensor]] | None = None
         self._handles = []
         for path in paths:
             name, _, kind = path.partition(":")
@@ -39,8 +44,22 @@ class FeatureTaps:
 
     def _hook(self, path: str, want_input: bool):
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            self.features[path] = inputs[0] if want_input else output
+            feature = inputs[0] if want_input else output
+            if self._recording is None:
+                self.features[path] = feature
+            else:
+                self._recording.setdefault(path, []).append(feature)
         return hook
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator[None]:
+        """Collect the features of every forward call inside the block, joined in call order."""
+        self._recording = {}
+        try:
+            yield
+        finally:
+            recorded, self._recording = self._recording, None
+            self.features = {p: parts[0] if len(parts) == 1 else torch.cat(parts) for p, parts in recorded.items()}
 
     def __getitem__(self, path: str) -> torch.Tensor:
         return self.features[path]
