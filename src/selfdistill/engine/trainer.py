@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
+import subprocess
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch.nn as nn
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import __version__
 from ..config import Config, differences, resolve
 from ..data import Augment, ImageDataset, load_dataset, train_batches
 from ..data.mixing import Mixer, apply_mix
@@ -292,11 +294,22 @@ class Trainer:
             "extra_parameters": count_parameters(self.extras), "peak_memory_mb": peak_memory_mb(self.device),
             "world_size": self.ctx.world_size, "device": str(self.device),
             "best_epoch_selected_on_test": best["epoch"], "best_test_top1_selected_on_test": best["test_top1"],
+            "code": code_version(),
         }
         if self.out is not None and self.ctx.is_main:
             rundir.write_json(self.out / "metrics.json", metrics)
             rundir.atomic_torch_save(self.out / "model.pt", self.model.state_dict())
         return metrics
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout (for reproducibility)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
 
 
 def peak_memory_mb(device: torch.device) -> float:
