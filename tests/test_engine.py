@@ -38,7 +38,8 @@ def test_training_learns_and_writes_a_complete_run_directory(tmp_path):
     rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert list(rows[0]) == ["epoch", "lr", "ce", "dlb_kl", "train_top1", "test_top1", "test_nll", "test_ece",
-                             "images_per_s", "seconds"]
+                             "images_per_s", "seconds", "images_seen"]
+    assert int(rows[-1]["images_seen"]) == saved["train_images_seen"]
     # DLB forwards each image twice per epoch; only the run's last batch (16 rows) is never replayed
     assert saved["train_images_seen"] == 3 * 2 * 96 - 16
     weights = torch.load(tmp_path / "run" / "model.pt", weights_only=True)

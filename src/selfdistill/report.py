@@ -73,21 +73,25 @@ def markdown_table(rows: list[dict[str, Any]], keys: tuple[str, ...] = GROUP_KEY
 
 
 def plot_test_accuracy(runs: dict[str, dict[str, Any]], path: str | Path, title: str) -> None:
-    """A PNG of test top-1 per epoch, one line per labelled run."""
+    """A PNG of test top-1 per epoch and per training image seen, one line per labelled run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0), dpi=110, sharey=True)
     for label, run in runs.items():
-        points = [(r["epoch"], r["test_top1"]) for r in run["log"] if r["test_top1"] is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+        rows = [r for r in run["log"] if r["test_top1"] is not None]
+        top1 = [r["test_top1"] for r in rows]
+        axes[0].plot([r["epoch"] for r in rows], top1, marker="o", markersize=3, label=label)
+        axes[1].plot([r["images_seen"] / 1e3 for r in rows], top1, marker="o", markersize=3, label=label)
+    axes[0].set_xlabel("epoch")
+    axes[1].set_xlabel("training images forwarded (thousands)")
+    axes[0].set_ylabel("test top-1 (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,7 +1,8 @@
 """The run directory: every file written atomically (temporary file, then rename).
 
     config.yaml     the full resolved config
-    log.csv         one row per epoch (epoch, lr, each loss term, train/test metrics, images/s, seconds)
+    log.csv         one row per epoch (epoch, lr, each loss term, train/test metrics, images/s, seconds,
+                    images seen so far)
     checkpoint.pt   everything needed to resume, rewritten after every epoch
     metrics.json    the final summary, written when the run completes
     model.pt        the final model weights only (a plain state_dict)

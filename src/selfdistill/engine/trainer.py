@@ -257,7 +257,7 @@ class Trainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.schedule.lr(epoch, 0), **result.terms,
                                "train_top1": result.train_top1, "test_top1": None, "test_nll": None,
                                "test_ece": None, "images_per_s": result.rows / max(result.seconds, 1e-9),
-                               "seconds": result.seconds}
+                               "seconds": result.seconds, "images_seen": self.images_seen}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             acc = evaluate(self.model, d.test_images, d.test_labels, d.num_classes, self.augment,
                            cfg.data.eval_batch_size, self.precision, self.ctx)
