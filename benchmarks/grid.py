@@ -8,6 +8,7 @@ the result of an earlier stage, e.g. Tf-KD's teacher is the CE run of the same s
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import statistics
@@ -119,3 +120,32 @@ def table(grid: Grid, baseline: str = "ce") -> str:
                 f"{fmt([x['test_ece'] for x in r], 2)} | {speed} | {time} | "
                 f"{r[0].get('extra_parameters', 0):,} | {max(x.get('peak_memory_mb', 0) for x in r):.0f} |")
     return "\n".join(lines)
+
+
+def grid_parser(doc: str, noise: tuple[float, ...] = (0.0, 0.4)) -> argparse.ArgumentParser:
+    """The options every grid script shares."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["cnn"])
+    parser.add_argument("--noise", nargs="+", type=float, default=list(noise))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default="bench-out/accuracy")
+    parser.add_argument("--table-only", action="store_true", help="summarise finished runs, train nothing")
+    return parser
+
+
+def run_and_report(args: argparse.Namespace, variants: list[Variant], table_file: str,
+                   sets: tuple[str, ...] = ()) -> None:
+    """Train the grid (unless --table-only), then write and print its table."""
+    grid = Grid(Path(args.out), args.models, args.noise, args.seeds, variants, args.epochs, args.dataset,
+                train_subset=args.train_subset, sets=[*sets, *args.set])
+    if not args.table_only:
+        grid.run(args.jobs)
+    summary = table(grid)
+    grid.out.mkdir(parents=True, exist_ok=True)
+    (grid.out / table_file).write_text(summary + "\n")
+    print(summary)

@@ -10,10 +10,7 @@ earlier, re-augmented (see ``methods/dlb.py``).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from grid import Grid, Variant, table
+from grid import Variant, grid_parser, run_and_report
 
 VARIANTS = [
     Variant("ce", "ce"),
@@ -26,21 +23,8 @@ VARIANTS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["cnn"])
-    parser.add_argument("--noise", nargs="+", type=float, default=[0.0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default="bench-out/accuracy")
-    parser.add_argument("--table-only", action="store_true")
-    args = parser.parse_args()
-    grid = Grid(Path(args.out), args.models, args.noise, args.seeds, VARIANTS, args.epochs)
-    if not args.table_only:
-        grid.run(args.jobs)
-    summary = table(grid)
-    (grid.out / "mixing_table.md").write_text(summary + "\n")
-    print(summary)
+    args = grid_parser(__doc__, noise=(0.0,)).parse_args()
+    run_and_report(args, VARIANTS, "mixing_table.md")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,7 @@ and is indicative only (``dlb_cost.py`` and ``engine_overhead.py`` time properly
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from grid import Grid, Variant, table
+from grid import Variant, grid_parser, run_and_report
 
 VARIANTS = [
     Variant("ce", "ce"),
@@ -43,29 +40,13 @@ VARIANTS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["cnn"])
-    parser.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.4])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser = grid_parser(__doc__)
     parser.add_argument("--methods", nargs="+", default=[v.name for v in VARIANTS], help="a subset of the variants")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--train-subset", type=int, default=None)
-    parser.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default="bench-out/accuracy")
-    parser.add_argument("--table-only", action="store_true", help="summarise finished runs, train nothing")
     args = parser.parse_args()
     variants = [v for v in VARIANTS if v.name in args.methods]
     if any(v.name == "tf_kd_self" for v in variants) and not any(v.name == "ce" for v in variants):
         variants.insert(0, VARIANTS[0])  # the teacher
-    grid = Grid(Path(args.out), args.models, args.noise, args.seeds, variants, args.epochs, args.dataset,
-                train_subset=args.train_subset, sets=args.set)
-    if not args.table_only:
-        grid.run(args.jobs)
-    summary = table(grid)
-    (grid.out / "selfkd_table.md").write_text(summary + "\n")
-    print(summary)
+    run_and_report(args, variants, "selfkd_table.md")
 
 
 if __name__ == "__main__":

@@ -8,34 +8,22 @@ once per value (and CE once, for reference), and prints final-epoch validation t
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from grid import Grid, Variant, table
+from grid import Variant, grid_parser, run_and_report
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = grid_parser(__doc__, noise=(0.0,))
     parser.add_argument("--method", required=True)
     parser.add_argument("--option", required=True, help="an option of the method, e.g. epsilon")
     parser.add_argument("--values", nargs="+", required=True)
-    parser.add_argument("--models", nargs="+", default=["cnn"])
-    parser.add_argument("--noise", nargs="+", type=float, default=[0.0])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--validation", type=int, default=10000, help="training images held out for validation")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default="bench-out/tune")
+    parser.set_defaults(seeds=[0], out="bench-out/tune")
     args = parser.parse_args()
     variants = [Variant("ce", "ce")] + [
         Variant(f"{args.method}_{args.option}={v}", args.method, sets=(f"method.{args.option}={v}",))
         for v in args.values]
-    grid = Grid(Path(args.out), args.models, args.noise, args.seeds, variants, args.epochs,
-                sets=[f"data.validation_split={args.validation}"])
-    grid.run(args.jobs)
-    summary = table(grid)
-    (grid.out / f"tune_{args.method}_{args.option}.md").write_text(summary + "\n")
-    print(summary.replace("top-1 %", "val top-1 %"))
+    held_out = (f"data.validation_split={args.validation}",)
+    run_and_report(args, variants, f"tune_{args.method}_{args.option}.md", held_out)
 
 
 if __name__ == "__main__":
