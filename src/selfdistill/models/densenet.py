@@ -8,6 +8,8 @@ Stages ``layer1``..``layer3`` are the dense blocks (with their transitions for t
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -61,5 +63,5 @@ class DenseNetBC(nn.Module):
         return self.fc(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x))))))
 
 
-def densenet_bc(depth: int, growth: int):
+def densenet_bc(depth: int, growth: int) -> Callable[[int, int, int], DenseNetBC]:
     return lambda num_classes, in_channels, image_size: DenseNetBC(depth, growth, num_classes, in_channels)

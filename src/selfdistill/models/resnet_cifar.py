@@ -14,6 +14,8 @@ BasicBlock [18, 18, 18] ResNet-110. All models pool adaptively, so 28 x 28 input
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -61,7 +63,7 @@ class ResNet(nn.Module):
         return self.fc(self.pool(x))
 
 
-def cifar_resnet(depth: int, width_factor: int = 1):
+def cifar_resnet(depth: int, width_factor: int = 1) -> Callable[[int, int, int], ResNet]:
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
     n = (depth - 2) // 6

@@ -8,6 +8,8 @@ are the five pooled blocks.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
@@ -42,5 +44,5 @@ class VGG(nn.Module):
         return self.fc(self.classifier(self.pool(x)))
 
 
-def vgg(depth: int):
+def vgg(depth: int) -> Callable[[int, int, int], VGG]:
     return lambda num_classes, in_channels, image_size: VGG(depth, num_classes, in_channels, image_size)

@@ -8,6 +8,8 @@ standard WRNs; WRN-16-8 is the one closest to it in depth and width.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -54,5 +56,5 @@ class WideResNet(nn.Module):
         return self.fc(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x))))))
 
 
-def wrn(depth: int, widen: int):
+def wrn(depth: int, widen: int) -> Callable[[int, int, int], WideResNet]:
     return lambda num_classes, in_channels, image_size: WideResNet(depth, widen, num_classes, in_channels)
