@@ -96,9 +96,11 @@ def fmt(values: list[float], digits: int) -> str:
 
 
 def table(grid: Grid, baseline: str = "ce") -> str:
-    """One row per model, noise and variant: accuracy, calibration, cost relative to the baseline."""
-    head = ("| model | noise | method | epochs | images seen (M) | seeds | top-1 % | Δ top-1 vs CE | NLL | ECE % | "
-            "images/s vs CE | train time vs CE | extra params | peak MB |")
+    """One row per model, noise and variant: accuracy, calibration, cost relative to the baseline.
+    Runs evaluated on a held-out validation split (``data.validation_split``) are labelled "val"."""
+    on = "val " if any(s.startswith("data.validation_split=") for s in grid.sets) else ""
+    head = (f"| model | noise | method | epochs | images seen (M) | seeds | {on}top-1 % | Δ {on}top-1 vs CE | "
+            f"{on}NLL | {on}ECE % | images/s vs CE | train time vs CE | extra params | peak MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for model, noise in itertools.product(grid.models, grid.noise):
         base = grid.runs(model, noise, baseline)

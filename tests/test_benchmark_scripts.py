@@ -31,3 +31,13 @@ def test_timing_scripts_report_a_ratio():
         result = run(script, "--dataset", "fashion-mnist-mini", "--images", "400", "--repeats", "1")
         assert result.returncode == 0, result.stderr[-2000:]
         assert "ratio" in result.stdout.splitlines()[-1]
+
+
+def test_table_labels_validation_figures_as_such(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from grid import Grid, table
+
+    grid = Grid(tmp_path, ["cnn"], [0.0], [0], [], epochs=1)
+    assert "| top-1 % |" in table(grid) and "val" not in table(grid)
+    grid.sets = ["data.validation_split=1000"]
+    assert "| val top-1 % | Δ val top-1 vs CE | val NLL | val ECE % |" in table(grid)

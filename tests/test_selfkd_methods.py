@@ -224,7 +224,6 @@ def test_taps_stay_row_aligned_with_logits_when_the_forward_is_split(name, extra
     assert len(seen) > 2 and all(len(set(sizes.values())) == 1 for sizes in seen)
 
 
-
 @pytest.mark.parametrize("name, problem", [("bake+cs_kd", "sampler"), ("ls+ps_kd", "replace"),
                                            ("dlb+dlb", "at most once")])
 def test_impossible_combinations_fail_before_training(name, problem):

@@ -11,8 +11,8 @@ alpha = 0.95 that literal form shrinks the whole loss about twentyfold and barel
 official code multiplies the KL by T^2 and by a per-model ``multiplier`` while averaging it over the
 K classes as well, i.e. kl_weight = multiplier / K; its CIFAR-100 ResNet-18 setting (alpha = 0.95,
 T = 6, multiplier = 50) gives kl_weight = 0.5, our default, the same strength for any K. The
-official teacher is the best-on-test checkpoint of its
-run; ours is whatever ``model.pt`` you give (our runs save the final epoch).
+official teacher is the best-on-test checkpoint of its run; ours is whatever ``model.pt`` you give
+(our runs save the final epoch).
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ With p = softmax(z) and p_t the probability of the label (T = 1):
     L_tf = -mean(w * log p_t)          (added to the usual cross-entropy, weight 1)
 
 This is the arXiv version's ``tf_nkd`` in the official mmcls code (yzd-v/cls_KD, e.g. at de48db4 and
-8a16562, in the classification distiller); the
-ICCV 2023 successor (USKD) adds non-target terms and a weak head and is not this method. With soft
-labels (mixup/CutMix) the official code applies the term to the two largest label entries v, with
-w = sg(p_k + v - mean(p_k)) and w = 0 where v = 0; so do we.
+8a16562, in the classification distiller); the ICCV 2023 successor (USKD) adds non-target terms and
+a weak head and is not this method. With soft labels (mixup/CutMix) the official code applies the
+term to the two largest label entries v, with w = sg(p_k + v - mean(p_k)) and w = 0 where v = 0;
+so do we.
 """
 
 from __future__ import annotations
