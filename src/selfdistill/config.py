@@ -114,6 +114,9 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     threads: int | None = None  # torch.set_num_threads; None = torch's default
     progress: Auto = "auto"  # progress bar; auto = only on a terminal
+    status_every: float = 30.0  # seconds between status lines when there is no progress bar; 0 = none
+    tensorboard: Auto = "auto"  # TensorBoard event files in the run directory; auto = when tensorboard is installed
+    dist_timeout: float = 600.0  # seconds a process waits for the others (torchrun) before giving up
 
 
 @dataclass
@@ -132,8 +135,14 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# Fields that may change between a run and its --resume without changing the result.
-RESUMABLE_FIELDS = ("data.data_dir", "data.download", "train.device", "train.progress", "train.threads")
+# Fields that never change what a run computes (where files come from, what is shown, how long to wait for
+# other processes): they may change on --resume.
+RESUMABLE_FIELDS = ("data.data_dir", "data.download", "train.device", "train.progress", "train.status_every",
+                    "train.tensorboard", "train.dist_timeout")
+# Fields that change a run's numbers only as another seed or float rounding would: `report` treats runs that
+# differ only in these as seeds of one experiment.
+REPORT_IGNORED_FIELDS = (*RESUMABLE_FIELDS, "train.seed", "train.threads", "train.deterministic", "train.compile",
+                         "train.eval_every", "data.eval_batch_size")
 
 
 # ----------------------------------------------------------------------------- building from dicts

@@ -1,0 +1,92 @@
+"""Files written so that a crash, a full disk or a planted symlink can never leave a half-written or
+misdirected file.
+
+Every write goes to a fresh temporary file in the target's own directory, created by
+:func:`tempfile.mkstemp` (``O_CREAT | O_EXCL``, a random name, so nothing planted at a predictable name
+is followed or overwritten), is flushed and fsynced, and is then renamed over the target. A rename
+replaces a symlink at the target itself, never the file it points to. The directory is fsynced after
+the rename so the new name survives a power cut. On any error or interruption the temporary file is
+removed and the target keeps its previous content; the error (``OSError`` for a full disk) propagates
+for the caller to report.
+
+Temporary files are named ``.<target name>.<random>.tmp``; :func:`stale_temporaries` finds the ones a
+killed process left behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
+
+
+def _write_chunk(fd: int, chunk: memoryview) -> int:
+    """One ``write(2)``; the single place where bytes reach a file (fault-injection tests patch it)."""
+    return os.write(fd, chunk)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not support fsync on directories
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (see the module docstring)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[_write_chunk(fd, view[: 1 << 24]):]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """``torch.save`` through :func:`atomic_write_bytes`."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """Temporary files that an interrupted :func:`atomic_write_bytes` left in ``folder``."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if TEMPORARY.match(p.name) and p.is_file() and not p.is_symlink())
