@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from selfdistill import cli
 from selfdistill.config import Config, resolve
 from selfdistill.methods import Method
 
@@ -59,3 +61,19 @@ class Recorder(Method):
 
     def update(self, out, batch):
         self.seen.append((batch, out.logits.detach().clone()))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_settings():
+    """Runs in this process set torch's thread count and determinism, which are process-wide."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def cli_main(capsys, *args: str) -> tuple[int, str, list[str]]:
+    """Run ``selfdistill <args>`` in this process: exit code, stdout, and the lines of stderr."""
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()

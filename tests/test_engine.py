@@ -9,6 +9,7 @@ import torch
 from conftest import small_config
 from selfdistill.config import ScheduleConfig
 from selfdistill.engine import Trainer, train
+from selfdistill.engine.trainer import Interrupted
 from selfdistill.engine.optim import LRSchedule
 from selfdistill.errors import TrainingDiverged, UserError
 from selfdistill.methods import Method, MethodStack
@@ -64,7 +65,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, monke
         return original(self, epoch)
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="checkpoint of epoch 1"):
         train(config, tmp_path / "cut")
     monkeypatch.undo()
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1

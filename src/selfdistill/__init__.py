@@ -1,13 +1,31 @@
-"""selfdistill: knowledge distillation centred on self-distillation (DLB, LightSKD and friends)."""
+"""selfdistill: knowledge distillation centred on self-distillation (DLB, LightSKD and friends).
+
+The public names below are imported on first use, so that ``selfdistill --help`` and one-line errors
+do not wait for PyTorch to load (and a Ctrl-C while it loads ends cleanly).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import Config, resolve  # noqa: E402
-from .engine import Trainer, train  # noqa: E402
-from .losses import cross_entropy, kd_kl  # noqa: E402
-from .methods import DLB, Batch, Outputs, build_method  # noqa: E402
-from .models import FeatureTaps, build_model  # noqa: E402
-from .plugin import DLBHelper  # noqa: E402
+_EXPORTS = {
+    "Config": ".config", "resolve": ".config", "Trainer": ".engine", "train": ".engine",
+    "cross_entropy": ".losses", "kd_kl": ".losses", "DLB": ".methods", "Batch": ".methods", "Outputs": ".methods",
+    "build_method": ".methods", "FeatureTaps": ".models", "build_model": ".models", "DLBHelper": ".plugin",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["Batch", "Config", "DLB", "DLBHelper", "FeatureTaps", "Outputs", "Trainer", "build_method", "build_model",
-           "cross_entropy", "kd_kl", "resolve", "train"]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'selfdistill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

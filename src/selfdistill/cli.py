@@ -1,75 +1,145 @@
-"""Command line: ``selfdistill {train,demo,methods,models,datasets,report}``.
+"""Command line: ``selfdistill {train,demo,eval,report,recipes,methods,models,datasets}``.
 
-Bad input ends with exit code 2 and one line on stderr naming the field and what is allowed; a
-diverged run ends with exit code 3 and keeps its last good checkpoint.
+Every failure ends with one line on stderr and an exit code (see :mod:`selfdistill.errors`): 2 for
+bad input (nothing started or written), 3 for a diverged run, 4 for a failed write to the run
+directory, 5 for a failed process of a distributed run, 130 for Ctrl-C. Under ``torchrun`` (or
+``--nproc``) only rank 0 prints, except for the rank that notices a peer has stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
 from . import __version__
-from .config import Config, load_yaml, nested, parse_assignment, resolve
-from .errors import TrainingDiverged, UserError
+from .config import Config, load_yaml, nested, parse_assignment, read_yaml_file, resolve
+from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean
 
+DEFAULTS = Config()
 # flag -> dotted config key
 TRAIN_FLAGS = {
     "method": "method.name", "dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
     "seed": "train.seed", "batch_size": "data.batch_size", "lr": "optim.lr", "label_noise": "data.label_noise",
     "train_subset": "data.train_subset", "data_dir": "data.data_dir", "device": "train.device",
+    "threads": "train.threads",
 }
+NON_MAIN_GRACE_S = 5.0  # a failing rank other than 0 waits this long, so that rank 0's line is the one shown
+_ARGV: list[str] = []  # the arguments being parsed, for hints in argparse's errors
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one ``UserError`` line with a hint, instead of usage text and exit 2."""
+
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{self.prog}: {message}")
+        raise UserError(f"{message}{_hint(message)} (see `{self.prog} --help`)")
+
+
+def _hint(message: str) -> str:
+    """A "did you mean" for a mistyped command or flag; the KEY=VALUE form for ``--set key value``."""
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        return did_you_mean(choice.group(1), re.findall(r"'?([\w-]+)'?", choice.group(2)))
+    extra = re.match(r"unrecognized arguments: (.*)", message)
+    if not extra:
+        return ""
+    first = extra.group(1).split()[0]
+    for flag, value, following in zip(_ARGV, _ARGV[1:], _ARGV[2:]):
+        if flag == "--set" and "=" not in value and following == first:
+            return f"; --set takes KEY=VALUE as one word: --set {value}={first}"
+    if first.startswith("--"):
+        flags = [f for a in _ARGV if a in ("train", "demo", "eval", "report") for f in _flags(a)]
+        return did_you_mean(first, flags)
+    return ""
+
+
+def _flags(command: str) -> list[str]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [s for action in sub.choices[command]._actions for s in action.option_strings]
+
+
+def _default(key: str) -> Any:
+    value: Any = DEFAULTS.to_dict()
+    for part in key.split("."):
+        value = value[part]
+    return value
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="selfdistill", description="Knowledge distillation centred on self-distillation.")
     parser.add_argument("--version", action="version", version=f"selfdistill {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train one method/model/dataset (flags or --config YAML)")
-    train.add_argument("--method", help="ce, dlb, ... (see `selfdistill methods`); combine with +")
-    train.add_argument("--dataset", help="see `selfdistill datasets`")
-    train.add_argument("--model", help="see `selfdistill models`")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--seed", type=int)
+    train = sub.add_parser("train", help="train one method/model/dataset (flags or --config YAML)",
+                           description="Train one run. Layers, each overriding the one before: defaults, --config, "
+                                       "the flags, --set. Exit codes: 0 done, 2 bad input, 3 diverged, 4 cannot "
+                                       "write --out, 5 distributed process failed, 130 interrupted.")
+    train.add_argument("--method", help="ce, dlb, ... (`selfdistill methods`); combine with +, e.g. dlb+dsr "
+                                        f"(default: {_default('method.name')})")
+    train.add_argument("--dataset", help=f"`selfdistill datasets` (default: {_default('data.dataset')})")
+    train.add_argument("--model", help=f"`selfdistill models` (default: {_default('model.name')})")
+    train.add_argument("--epochs", type=int, help=f"(default: {_default('train.epochs')})")
+    train.add_argument("--seed", type=int, help=f"seeds data order, augmentation, init, subset, noise "
+                                                f"(default: {_default('train.seed')})")
     train.add_argument("--out", help="run directory (default: runs/<method>-<dataset>-<model>-s<seed>-<time>)")
-    train.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
-    train.add_argument("--lr", type=float)
-    train.add_argument("--label-noise", type=float, help="symmetric label noise rate in [0, 1)")
-    train.add_argument("--train-subset", type=int, help="train on a class-balanced subset of N images")
-    train.add_argument("--data-dir", help="data root holding one folder per dataset")
-    train.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    train.add_argument("--config", help="YAML recipe (a path, or a bundled name such as dlb_cifar100_resnet32)")
+    train.add_argument("--batch-size", type=int, help="global batch size, split across processes "
+                                                      f"(default: {_default('data.batch_size')})")
+    train.add_argument("--lr", type=float, help=f"peak learning rate (default: {_default('optim.lr')}; schedule "
+                                                f"{_default('schedule.name')} unless a recipe says otherwise)")
+    train.add_argument("--label-noise", type=float, help="symmetric label noise rate in [0, 1) (default: 0)")
+    train.add_argument("--train-subset", type=int, help="train on a class-balanced subset of N images "
+                                                        "(default: the whole training set)")
+    train.add_argument("--data-dir", help="data root holding one folder per dataset (default: $SELFDISTILL_DATA, "
+                                          "then ~/.cache/selfdistill)")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: auto = cuda if available)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    train.add_argument("--config", help="YAML file, or the name of a bundled recipe (`selfdistill recipes`, e.g. "
+                                        "dlb_cifar100) (default: none)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any config key, e.g. --set method.alpha=0.5 (repeatable)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+                       help="override any config key, e.g. --set method.alpha=0.5 (repeatable; values are YAML)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint, rebuild missing final outputs, or "
+                            "extend a finished run with a larger --epochs (multistep/constant schedules)")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train in N processes on this machine, like torchrun --standalone (default: 1)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    demo = sub.add_parser("demo", help="CE vs DLB on the bundled Fashion-MNIST slice: table + accuracy plot")
+    demo = sub.add_parser("demo", help="CE vs DLB on the bundled Fashion-MNIST slice: table and plots")
     demo.add_argument("--out", help="output folder (default: selfdistill-demo, or -2, -3, ... if taken)")
-    demo.add_argument("--epochs", type=int, default=8)
-    demo.add_argument("--model", default="cnn")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=int, default=8, help="epochs per method (default: 8)")
+    demo.add_argument("--model", default="cnn", help="(default: cnn)")
+    demo.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
 
+    ev = sub.add_parser("eval", help="top-1, top-5, NLL, ECE, per-class accuracy and a reliability diagram of a "
+                                     "trained model")
+    ev.add_argument("target", help="a run directory or a model.pt (with its model.json beside it)")
+    ev.add_argument("--dataset", help="dataset to evaluate on (default: the one the model was trained on)")
+    ev.add_argument("--data-dir", help="data root (default: $SELFDISTILL_DATA, then ~/.cache/selfdistill)")
+    ev.add_argument("--split", choices=("test", "train"), default="test", help="(default: test)")
+    ev.add_argument("--model", help="architecture, for a model.pt without model.json (default: from model.json)")
+    ev.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    ev.add_argument("--out", help="folder for eval.json, per_class.csv, reliability.png "
+                                  "(default: eval-<dataset>-<split>/ beside the model)")
+
+    sub.add_parser("recipes", help="list the bundled recipes and what each reproduces")
     sub.add_parser("methods", help="list the methods, one line each")
     sub.add_parser("models", help="list the model names")
     sub.add_parser("datasets", help="list the datasets")
-    report = sub.add_parser("report", help="mean ± std table of finished runs found under the given folders")
-    report.add_argument("paths", nargs="+")
+    report = sub.add_parser("report", help="mean ± std table and plots of the finished runs under the given folders")
+    report.add_argument("paths", nargs="+", help="run directories, or folders holding them")
+    report.add_argument("--out", help="folder for report.md, accuracy.png, reliability.png "
+                                      "(default: report/ inside the first path)")
+    report.add_argument("--no-plots", action="store_true", help="write the table only")
     return parser
 
 
+# ----------------------------------------------------------------------------- train
 def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
     layers: list[dict[str, Any]] = []
     if args.resume:
@@ -78,7 +148,7 @@ def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
         saved = Path(args.out) / "config.yaml"
         if not saved.is_file():
             raise UserError(f"--resume: nothing to resume in {args.out} (no config.yaml)")
-        layers.append(yaml.safe_load(saved.read_text()))
+        layers.append(read_yaml_file(saved, str(saved)))
     if args.config:
         layers.append(load_yaml(args.config))
     for flag, key in TRAIN_FLAGS.items():
@@ -87,25 +157,42 @@ def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
             layers.append(nested(key, value))
     layers += [parse_assignment(item) for item in args.set]
     config = resolve(layers)
-    out = Path(args.out) if args.out else Path("runs") / (
+    out = Path(args.out) if args.out else _free_folder(Path("runs") / (
         f"{config.method['name']}-{config.data.dataset}-{config.model.name}-s{config.train.seed}-"
-        f"{time.strftime('%Y%m%d-%H%M%S')}")
+        f"{time.strftime('%Y%m%d-%H%M%S')}"))
     return config, out
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from .engine import train
+def _free_folder(base: Path) -> Path:
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
+
+def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     config, out = train_config(args)
     if args.print_config:
         print(config.to_yaml(), end="")
-        return
+        return 0
+    if args.nproc < 1:
+        raise UserError.bad_value("--nproc", args.nproc, "an integer >= 1")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from .launch import launch
+
+        return launch(argv if args.out else [*argv, "--out", str(out)], args.nproc)
+    from .engine import train
+
     metrics = train(config, out, resume=args.resume)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"done: test top-1 {metrics['test_top1']:.2f}%, NLL {metrics['test_nll']:.4f}, "
-              f"ECE {metrics['test_ece']:.2f}% -> {out}")
+    if _rank() == 0:
+        split = metrics.get("eval_split", "test")
+        print(f"done: {split} top-1 {metrics[f'{split}_top1']:.2f}%, NLL {metrics[f'{split}_nll']:.4f}, "
+              f"ECE {metrics[f'{split}_ece']:.2f}% -> {out}")
+    return 0
 
 
+# ----------------------------------------------------------------------------- other commands
 def cmd_list(kind: str) -> None:
     if kind == "methods":
         from .methods import ALIASES, METHODS
@@ -118,6 +205,10 @@ def cmd_list(kind: str) -> None:
         from .models import model_names
 
         print("\n".join(model_names()))
+    elif kind == "recipes":
+        from .recipes import bundled_recipes, format_recipes
+
+        print(format_recipes(bundled_recipes()))
     else:
         from .data import DATASETS
 
@@ -126,34 +217,75 @@ def cmd_list(kind: str) -> None:
             print(f"{name:<{width}}  {info.description}")
 
 
-def cmd_report(args: argparse.Namespace) -> None:
-    from .report import find_runs, markdown_table, summarize
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_saved_model, format_eval
 
-    print(markdown_table(summarize(find_runs(args.paths))))
+    result = evaluate_saved_model(args.target, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+                                  model=args.model, batch_size=args.batch_size, device=args.device, out=args.out)
+    print(format_eval(result))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import build_report
+
+    first = Path(args.paths[0])
+    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "report"
+    print(build_report(args.paths, out, plots=not args.no_plots))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    if args.threads is not None:
+        resolve([{"train": {"threads": args.threads}}])  # the same check as train's
+    run_demo(args.out, args.epochs, args.model, args.seed, threads=args.threads)
+
+
+# ----------------------------------------------------------------------------- entry point
+LABELS = {UserError: "error", TrainingDiverged: "training diverged", PeerFailure: "distributed run failed"}
+
+
+def _rank() -> int:
+    from .distributed import launched_rank
+
+    return launched_rank()
+
+
+def _say_failure(exc: SelfdistillError) -> int:
+    """Print ``exc`` as one line (rank 0; other ranks only for a stopped peer) and return its exit code."""
+    rank = _rank()
+    if rank != 0:
+        time.sleep(NON_MAIN_GRACE_S)  # let rank 0 speak first; torchrun stops this process meanwhile
+        if not isinstance(exc, PeerFailure):
+            return exc.exit_code
+    label = next((text for cls, text in LABELS.items() if isinstance(exc, cls)), "")
+    message = str(exc) if not label else f"{label}: {exc}"
+    print(f"selfdistill: {message}", file=sys.stderr, flush=True)
+    return exc.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _ARGV
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _ARGV = argv
     try:
         args = build_parser().parse_args(argv)
         if args.command == "train":
-            cmd_train(args)
-        elif args.command == "demo":
-            from .demo import run_demo
-
-            run_demo(args.out, args.epochs, args.model, args.seed)
+            return cmd_train(args, argv)
+        if args.command == "demo":
+            cmd_demo(args)
+        elif args.command == "eval":
+            cmd_eval(args)
         elif args.command == "report":
             cmd_report(args)
         else:
             cmd_list(args.command)
         return 0
-    except UserError as exc:
-        print(f"selfdistill: error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as exc:
-        print(f"selfdistill: training diverged: {exc}", file=sys.stderr)
-        return 3
+    except SelfdistillError as exc:
+        return _say_failure(exc)
     except KeyboardInterrupt:
-        print("selfdistill: interrupted; resume with --resume", file=sys.stderr)
+        if _rank() == 0:
+            print("selfdistill: interrupted before training started; nothing was written", file=sys.stderr)
         return 130
 
 

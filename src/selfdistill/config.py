@@ -9,12 +9,18 @@ Every key is checked: a key that does not exist, a value of the wrong type or ou
 :class:`~selfdistill.errors.UserError` naming the field and what is allowed. The options of the
 chosen method live under ``method`` next to its ``name`` and are checked against that method's own
 options dataclass, so ``config.yaml`` in a run directory always lists every value that was used.
+
+YAML is read with a strict safe loader: a key given twice in one mapping is an error (PyYAML would
+keep the last silently), and a number field accepts every spelling Python's ``float()`` accepts
+(PyYAML reads ``1e-3`` as a string, since YAML 1.1 wants ``1.0e-3``); non-finite numbers are refused.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +29,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import UserError, require
+from .errors import UserError, did_you_mean, one_line, require
 
 Auto = Union[Literal["auto"], bool]  # "auto" or an explicit on/off
 
@@ -95,7 +101,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    name: Literal["multistep", "cosine", "constant"] = "cosine"  # the paper recipes set multistep
     milestones: list[int] = field(default_factory=list)  # epochs at which multistep multiplies by gamma
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 0, counted in (fractional) epochs
@@ -112,7 +118,7 @@ class TrainConfig:
     channels_last: Auto = "auto"  # auto = on for CUDA
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    threads: int | None = None  # torch.set_num_threads; None = torch's default
+    threads: int | None = None  # torch.set_num_threads; None = torch's default (part of the result: float sums)
     progress: Auto = "auto"  # progress bar; auto = only on a terminal
     status_every: float = 30.0  # seconds between status lines when there is no progress bar; 0 = none
     tensorboard: Auto = "auto"  # TensorBoard event files in the run directory; auto = when tensorboard is installed
@@ -156,7 +162,7 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     for key, value in values.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise UserError(f"unknown config key '{path}'; allowed: {', '.join(names)}")
+            raise UserError(f"unknown config key '{path}'{did_you_mean(key, names)}; allowed: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
 
@@ -191,22 +197,39 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         require(isinstance(value, bool), path, value, "true or false")
         return value
     if hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        ok = ok or (isinstance(value, float) and value.is_integer())
-        require(ok, path, value, "an integer")
-        return int(value)
+        number = _number(value)
+        require(number is not None and math.isfinite(number) and float(number).is_integer(), path, value,
+                "an integer")
+        return int(number)
     if hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        require(ok, path, value, "a number")
-        return float(value)
+        number = _number(value)
+        require(number is not None and math.isfinite(number), path, value, "a finite number")
+        return float(number)
     if origin is Literal:
         choices = typing.get_args(hint)
-        require(value in choices and not isinstance(value, bool), path, value, ", ".join(map(str, choices)))
+        if not (isinstance(value, str) and value in choices):
+            raise UserError.bad_value(path, value, ", ".join(map(str, choices)), map(str, choices))
         return value
     if hint is str:
         require(isinstance(value, str), path, value, "a string")
         return value
     raise TypeError(f"unsupported config type {hint!r} at {path}")  # a bug in this file, not user input
+
+
+def _number(value: Any) -> int | float | None:
+    """``value`` as a number: ints and floats as they are, strings as Python's ``int()``/``float()`` read
+    them (``"1e-3"``, ``"1_000"``, ``" 5 "``); anything else (booleans included) is not a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                return parse(value)
+            except (ValueError, OverflowError):
+                continue
+    return None
 
 
 def _type_name(hint: Any) -> str:
@@ -215,25 +238,78 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint)).replace("NoneType", "null")
 
 
-# ----------------------------------------------------------------------------- layering
+# ----------------------------------------------------------------------------- YAML
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` still work)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key]} and {line})", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML ``text`` strictly and safely; a problem is a one-line ``UserError`` naming ``where``."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where}: not valid YAML ({one_line(exc)})") from None
+    except RecursionError:
+        raise UserError(f"{where}: not valid YAML (nested too deeply)") from None
+
+
+def read_yaml_file(path: Path, where: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; an unreadable, binary or malformed file is a ``UserError``."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{where}: is a directory, not a YAML file") from None
+    except OSError as exc:
+        raise UserError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    if b"\0" in raw:
+        raise UserError(f"{where}: is a binary file, not YAML")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: is not UTF-8 text (byte {exc.start})") from None
+    data = parse_yaml(text, where)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: the top level must be a mapping of sections, not a {type(data).__name__}")
+    return data
+
+
+BUNDLED_RECIPES = Path(__file__).parent / "configs"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file with ``safe_load``; a bare name finds a bundled recipe."""
+    """Read a YAML config file (``--config``); a bare name finds a bundled recipe."""
     p = Path(path)
     if not p.exists():
-        bundled = Path(__file__).parent / "configs" / f"{p.name.removesuffix('.yaml')}.yaml"
+        bundled = BUNDLED_RECIPES / f"{p.name.removesuffix('.yaml')}.yaml"
         if p.parent == Path(".") and bundled.exists():
             p = bundled
         else:
-            names = ", ".join(sorted(c.stem for c in (Path(__file__).parent / "configs").glob("*.yaml")))
-            raise UserError(f"--config {path}: no such file (bundled recipes: {names})")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        line = str(exc).replace("\n", " ")
-        raise UserError(f"--config {path}: not valid YAML ({line})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--config {path}: the top level must be a mapping of sections")
-    return data
+            names = sorted(c.stem for c in BUNDLED_RECIPES.glob("*.yaml"))
+            raise UserError(f"--config {path}: no such file{did_you_mean(str(path), names)} "
+                            f"(bundled recipes: {', '.join(names)}; see `selfdistill recipes`)")
+    return read_yaml_file(p, f"--config {path}")
+
+
+# ----------------------------------------------------------------------------- layering
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +317,8 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in override.items():
         if key == "method" and isinstance(value, dict) and "name" in value:
-            if value["name"] != out.get("method", {}).get("name"):
+            previous = out.get("method")
+            if not isinstance(previous, dict) or value["name"] != previous.get("name"):
                 out["method"] = {}
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
@@ -253,15 +330,17 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def parse_assignment(text: str) -> dict[str, Any]:
     """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}`` with the value parsed as YAML."""
     if "=" not in text:
-        raise UserError(f"--set {text}: expected key=value, e.g. --set method.alpha=0.5")
+        raise UserError(f"--set {text}: expected KEY=VALUE in one word, e.g. --set method.alpha=0.5")
     key, raw = text.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise UserError(f"--set {text}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = parse_yaml(raw, f"--set {text}") if raw.strip() else ""
+    except UserError:
+        if any(c in raw for c in "[]{}\n"):
+            raise  # meant as a YAML list or mapping, but malformed
+        value = raw  # a plain string that happens not to be valid YAML (e.g. "a: b")
     return nested(".".join(parts), value)
 
 
@@ -284,6 +363,9 @@ def resolve(layers: list[dict[str, Any]]) -> Config:
         allowed = ", ".join(f.name for f in dataclasses.fields(Config))
         raise UserError(f"unknown config section '{sorted(unknown)[0]}'; allowed: {allowed}")
     method = raw.pop("method")
+    for section, value in raw.items():
+        if not isinstance(value, dict):
+            raise UserError(f"config section '{section}' must be a mapping of keys, got {value!r}")
     config = build_dataclass(Config, raw, "")
     config.method = _resolve_method(method)
     validate(config)
@@ -296,8 +378,14 @@ def _resolve_method(method: Any) -> dict[str, Any]:
     if isinstance(method, str):
         method = {"name": method}
     require(isinstance(method, dict) and "name" in method, "method", method, "a mapping with a name")
+    require(isinstance(method["name"], str), "method.name", method["name"], "a method name (see `selfdistill methods`)")
     options = {k: v for k, v in method.items() if k != "name"}
     return {"name": method["name"], **method_options(method["name"], options)}
+
+
+MAX_THREADS = 1024  # torch.set_num_threads(100000) crashes the process
+SYNTHETIC_RANGES = (("num_classes", 2, 1000), ("channels", 1, 16), ("size", 1, 256), ("train_size", 1, 1_000_000),
+                    ("test_size", 1, 1_000_000))
 
 
 def validate(config: Config) -> None:
@@ -306,8 +394,11 @@ def validate(config: Config) -> None:
     from .models import model_names
 
     d, o, s, t = config.data, config.optim, config.schedule, config.train
-    require(d.dataset in dataset_names(), "data.dataset", d.dataset, ", ".join(dataset_names()))
-    require(config.model.name in model_names(), "model.name", config.model.name, ", ".join(model_names()))
+    if d.dataset not in dataset_names():
+        raise UserError.bad_value("data.dataset", d.dataset, ", ".join(dataset_names()), dataset_names())
+    if config.model.name not in model_names():
+        raise UserError.bad_value("model.name", config.model.name, ", ".join(model_names()), model_names())
+    require(0 <= t.seed < 2**63, "train.seed", t.seed, "an integer in [0, 2**63)")
     require(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     require(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
     require(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "an integer >= 1")
@@ -333,13 +424,16 @@ def validate(config: Config) -> None:
             s.milestones, "increasing epochs >= 1")
     require(s.min_lr >= 0, "schedule.min_lr", s.min_lr, "a number >= 0")
     require(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
-    require(t.threads is None or t.threads >= 1, "train.threads", t.threads, "null or an integer >= 1")
+    require(t.threads is None or 1 <= t.threads <= MAX_THREADS, "train.threads", t.threads,
+            f"null or an integer in [1, {MAX_THREADS}]")
+    require(t.status_every >= 0, "train.status_every", t.status_every, "seconds >= 0 (0: no status lines)")
+    require(t.dist_timeout > 0, "train.dist_timeout", t.dist_timeout, "seconds > 0")
     dev = t.device
-    require(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "train.device", dev, "auto, cpu, cuda, cuda:N")
+    require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", dev) is not None, "train.device", dev, "auto, cpu, cuda, cuda:N")
     syn = d.synthetic
-    for name in ("num_classes", "channels", "size", "train_size", "test_size"):
+    for name, low, high in SYNTHETIC_RANGES:
         value = getattr(syn, name)
-        require(value >= (2 if name == "num_classes" else 1), f"data.synthetic.{name}", value, "a positive integer")
+        require(low <= value <= high, f"data.synthetic.{name}", value, f"an integer in [{low}, {high}]")
 
     from .methods import build_method
 

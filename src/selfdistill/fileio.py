@@ -26,6 +26,16 @@ from typing import Any
 TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; a finished file gets the usual permissions instead
+FILE_MODE = 0o666 & ~_umask()
+
+
 def _write_chunk(fd: int, chunk: memoryview) -> int:
     """One ``write(2)``; the single place where bytes reach a file (fault-injection tests patch it)."""
     return os.write(fd, chunk)
@@ -53,6 +63,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[_write_chunk(fd, view[: 1 << 24]):]
+        os.fchmod(fd, FILE_MODE)
         os.fsync(fd)
         os.close(fd)
         fd = -1

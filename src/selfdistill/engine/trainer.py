@@ -4,17 +4,24 @@ Determinism: every source of randomness is seeded from (seed, purpose, epoch, ra
 each epoch: the data order, the augmentation generator and torch's global generator (dropout).
 Together with the model, optimiser and method state saved after every epoch, this makes a run
 resumed from its last checkpoint follow exactly the same path as an uninterrupted one (bit for bit
-on a CPU with ``train.deterministic``).
+on a CPU with ``train.deterministic`` and the same ``train.threads``).
+
+Nothing lost: the run directory is locked for the run's life (:class:`~.rundir.RunDir`); the final
+checkpoint holds the final metrics, and the final outputs are written after it with ``metrics.json``
+last, so a run is finished exactly when ``metrics.json`` exists, and ``--resume`` rebuilds any final
+output that is missing. A run that fails before its first checkpoint removes what it wrote, so the
+same command can simply be run again.
 
 Hot path: data and augmentation stay on the device; per-step statistics are accumulated as device
-tensors and read back once per epoch (and every few steps for the progress bar on a terminal), so
-the loop adds no host-device synchronisation of its own to a step.
+tensors and read back once per epoch (and every few steps for the progress bar or a status line),
+so the loop adds no host-device synchronisation of its own to a step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import resource
 import subprocess
 import time
@@ -25,25 +32,33 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
-from ..config import Config, differences, resolve
+from ..config import Config, read_yaml_file, resolve
 from ..data import Augment, ImageDataset, load_dataset, train_batches
 from ..data.mixing import Mixer, apply_mix
-from ..distributed import all_reduce_sum, any_rank, gather_objects, init_distributed, shutdown
-from ..errors import TrainingDiverged, UserError
+from ..distributed import (agree_on_failure, all_reduce_sum, any_rank, as_peer_failure, gather_objects,
+                           init_distributed, shutdown)
+from ..errors import OutputError, PeerFailure, SelfdistillError, TrainingDiverged, UserError, one_line
 from ..methods import Batch, Outputs, build_method
 from ..methods.base import SetupContext
+from ..modelcard import ModelCard, weights_sha256, write_model_card
 from ..models import FeatureTaps, build_model, count_parameters
-from . import rundir
+from . import rundir, tensorboard
 from .evaluate import evaluate
 from .optim import LRSchedule, make_optimizer
 from .progress import Progress
+from .resume import check_resume
 from .runtime import GroupedForward, Precision, configure_torch, derive_seed, resolve_device
 
 CHECK_EVERY = 25  # steps between checks for a non-finite loss (each check is one device sync)
+
+
+class Interrupted(SelfdistillError):
+    """Ctrl-C during training; the message says what was kept."""
+
+    exit_code = 130
 
 
 @dataclass
@@ -59,38 +74,69 @@ class Trainer:
 
     def __init__(self, config: Config, out: str | Path | None = None, resume: bool = False,
                  dataset: ImageDataset | None = None) -> None:
-        self.config, self.out = config, Path(out) if out is not None else None
-        cfg = config
-        self.ctx = init_distributed("cuda" if cfg.train.device.startswith("cuda") or
-                                    (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.config, self.out, self.resuming = config, Path(out) if out is not None else None, resume
+        self.ctx = init_distributed("cuda" if config.train.device.startswith("cuda") or
+                                    (config.train.device == "auto" and torch.cuda.is_available()) else "cpu",
+                                    config.train.dist_timeout)
+        self.run: rundir.RunDir | None = None
+        failure: SelfdistillError | None = None
+        try:
+            self._build(dataset)
+        except SelfdistillError as exc:
+            failure = exc
+        except BaseException:
+            self._abandon()
+            raise
+        failure = agree_on_failure(failure, self.ctx)  # a rank that failed stops every rank, with its message
+        if failure is not None:
+            self._abandon()
+            raise failure
+
+    def _abandon(self) -> None:
+        """Undo what the constructor did to the run directory (the lock; the folder if it made it)."""
+        if self.run is not None:
+            self.run.release()
+            if self.run.created:
+                with contextlib.suppress(OSError):
+                    self.run.path.rmdir()
+            self.run = None
+        shutdown(self.ctx)
+
+    def _build(self, dataset: ImageDataset | None) -> None:
+        cfg = self.config
+        self.leftovers: list[str] = []
+        if self.out is not None and self.ctx.is_main:
+            self.run = rundir.RunDir.acquire(self.out)
+            self.leftovers = [] if self.resuming else self.run.check_fresh()
+        self.checkpoint = self._load_resume_state() if self.resuming and self.out is not None else None
         self.device = resolve_device(cfg.train.device, self.ctx)
         configure_torch(cfg.train, self.device)
         self.precision = Precision.resolve(cfg.train, self.device)
-        self.checkpoint = self._load_resume_state(resume)
-
         if cfg.data.batch_size % self.ctx.world_size:
             raise UserError.bad_value("data.batch_size", cfg.data.batch_size,
                                       f"a multiple of the number of processes ({self.ctx.world_size})")
         self.batch_size = cfg.data.batch_size // self.ctx.world_size
+        self.split = "val" if cfg.data.validation_split is not None else "test"
         self.data = (dataset or load_dataset(cfg.data, cfg.train.seed)).to(self.device)
         d = self.data
-        size = max(d.image_size, cfg.data.pad_to or 0)
+        self.image_size = max(d.image_size, cfg.data.pad_to or 0)
         aug = cfg.data.augment
         self.augment = Augment(d.mean, d.std,
                                d.augment.crop_padding if aug.crop_padding is None else aug.crop_padding,
                                d.augment.flip if aug.flip is None else aug.flip,
                                d.augment.resized_crop if aug.resized_crop is None else aug.resized_crop,
                                cfg.data.pad_to)
-
         mix = cfg.data.mix
-        self.mixer = Mixer(mix.name, mix.alpha, mix.probability(), size) if mix.name != "none" else None
+        self.mixer = Mixer(mix.name, mix.alpha, mix.probability(), self.image_size) if mix.name != "none" else None
 
         torch.manual_seed(derive_seed(cfg.train.seed, "init"))
-        model = build_model(cfg.model.name, d.num_classes, d.in_channels, size)
+        model = build_model(cfg.model.name, d.num_classes, d.in_channels, self.image_size)
         self.model = self.precision.model(model).to(self.device)
+        self._probe()
         self.method = build_method(cfg.method)
-        self.method.setup(SetupContext(self.model, cfg.model.name, d.num_classes, (d.in_channels, size, size),
-                                       d.train_labels, cfg.train.epochs, self.device, self.ctx, self.mixer is not None))
+        self.method.setup(SetupContext(self.model, cfg.model.name, d.num_classes,
+                                       (d.in_channels, self.image_size, self.image_size), d.train_labels,
+                                       cfg.train.epochs, self.device, self.ctx, self.mixer is not None))
         self.extras = self.precision.model(nn.ModuleDict(self.method.modules())).to(self.device)
         self.taps = FeatureTaps(self.model, list(self.method.taps)) if self.method.taps else None
         self.train_labels_cpu = d.train_labels.cpu()
@@ -109,42 +155,68 @@ class Trainer:
             forward = DistributedDataParallel(forward, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None, gradient_as_bucket_view=True)
         self.forward = forward
-        self.progress = Progress(cfg.train.progress, self.ctx.is_main)
+        self.progress = Progress(cfg.train.progress, self.ctx.is_main, cfg.train.status_every, self.split)
+        self.write_tensorboard = self.run is not None and tensorboard.wanted(cfg.train.tensorboard)
         self.history: list[dict[str, Any]] = []
-        self.test_images: int | None = None  # images covered by the last evaluation, summed over ranks
+        self.last_eval: dict[str, Any] = {}  # images and reliability bins of the latest evaluation
         self.start_epoch, self.images_seen, self.train_seconds, self.previous_wall = 0, 0, 0.0, 0.0
+        self.saved_epoch, self.final_metrics = 0, None  # the epoch of the last checkpoint on disk
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
 
+    def _probe(self) -> None:
+        """One forward of two training images in eval mode (no state changes), so that images the model
+        cannot take end here with one line instead of a traceback in the first step."""
+        x = self.precision.inputs(self.augment.eval(self.data.train_images[:2]))
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.precision.autocast():
+                self.model(x)
+        except RuntimeError as exc:
+            c, h, w = x.shape[1:]
+            raise UserError(f"model.name={self.config.model.name!r} cannot take {c}x{h}x{w} images "
+                            f"({one_line(exc)[:160]}); choose another model or enlarge the images with "
+                            "--set data.pad_to=32") from None
+        finally:
+            self.model.train()
+
     # ------------------------------------------------------------------ resume
-    def _load_resume_state(self, resume: bool) -> dict[str, Any] | None:
-        if self.out is None:
-            return None
-        if not resume:
-            if self.ctx.is_main:
-                rundir.prepare_new_run(self.out)
-            return None
-        saved = self.out / "config.yaml"
-        if not saved.is_file():
-            raise UserError(f"--resume: nothing to resume in {self.out} (no config.yaml)")
-        diff = differences(resolve([yaml.safe_load(saved.read_text())]), self.config)
-        if diff:
-            raise UserError(f"--resume: the config differs from the saved run in {diff[0]}")
+    def _load_resume_state(self) -> dict[str, Any] | None:
+        assert self.out is not None
+        saved_file = self.out / rundir.CONFIG
+        if not saved_file.is_file():
+            raise UserError(f"--resume: nothing to resume in {self.out} (no {rundir.CONFIG})")
+        saved = resolve([read_yaml_file(saved_file, str(saved_file))])
         state = rundir.load_checkpoint(self.out)
-        if state is not None and len(state["method"]) != self.ctx.world_size:
-            raise UserError(f"--resume: the run was saved by {len(state['method'])} process(es), "
-                            f"now {self.ctx.world_size}; resume with the same number")
+        done = 0 if state is None else _checkpoint_epoch(state, self.out)
+        check_resume(saved, self.config, done, build_method(self.config.method).uses_total_epochs)
+        if state is not None:
+            methods = state.get("method")
+            if not isinstance(methods, list) or len(methods) != self.ctx.world_size:
+                saved_by = len(methods) if isinstance(methods, list) else "?"
+                raise UserError(f"--resume: the run was saved by {saved_by} process(es), now {self.ctx.world_size}; "
+                                "resume with the same number")
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.extras.load_state_dict(state["extras"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.method.load_state_dict(_to_device(state["method"][self.ctx.rank], self.device))
-        self.history = list(state["history"])
-        self.start_epoch = state["epoch"]
-        self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
-        self.previous_wall = state["wall_seconds"]
+        where = self.out / rundir.CHECKPOINT if self.out is not None else rundir.CHECKPOINT
+        try:
+            self.model.load_state_dict(state["model"])
+            self.extras.load_state_dict(state["extras"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.method.load_state_dict(_to_device(state["method"][self.ctx.rank], self.device))
+            self.history = list(state["history"])
+            self.start_epoch = self.saved_epoch = int(state["epoch"])
+            self.images_seen, self.train_seconds = int(state["images_seen"]), float(state["train_seconds"])
+            self.previous_wall = float(state["wall_seconds"])
+            self.last_eval = dict(state.get("last_eval") or {})
+            self.final_metrics = state.get("metrics")
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            raise UserError(f"--resume: {where} does not fit this run ({type(exc).__name__}: "
+                            f"{one_line(exc)[:160]}); it belongs to another model or is damaged") from None
+        if len(self.history) != self.start_epoch:
+            raise UserError(f"--resume: {where} is inconsistent ({len(self.history)} log rows for epoch "
+                            f"{self.start_epoch})")
 
     # ------------------------------------------------------------------ one epoch
     def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
@@ -210,6 +282,9 @@ class Trainer:
                 if self.progress.wants_stats:
                     self.progress.update(step + 1, {"loss": float(term_sums.sum() / (step + 1)),
                                                     "acc": 100.0 * float(correct) / max(new_rows, 1)})
+            if self.progress.status_due():
+                self.progress.status(step + 1, {"loss": float(term_sums.sum() / (step + 1)), "images": rows,
+                                                "acc": 100.0 * float(correct) / max(new_rows, 1)})
         _sync(dev)
         seconds = time.perf_counter() - start
         if any_rank(not bool(finite), self.ctx, dev):
@@ -224,82 +299,193 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs and write the final outputs; return the final metrics."""
+        try:
+            if self.checkpoint is not None and self.start_epoch >= self.config.train.epochs:
+                return self._complete_finished_run()
+            return self._train_remaining_epochs()
+        except BaseException as exc:
+            raise self._failure(exc) from None
+        finally:
+            if self.run is not None:
+                self.run.release()
+            shutdown(self.ctx)
+
+    def _train_remaining_epochs(self) -> dict[str, Any]:
         cfg = self.config
         wall_start = time.perf_counter()
-        finished = self.out / "metrics.json" if self.out is not None else None
-        if self.start_epoch >= cfg.train.epochs and finished is not None and finished.is_file():
-            shutdown(self.ctx)
-            return json.loads(finished.read_text())  # resuming a run that had already completed
-        if self.out is not None and self.ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            if not (self.out / "config.yaml").exists():
-                rundir.atomic_write_text(self.out / "config.yaml", cfg.to_yaml())
+        self._begin()
+        board = tensorboard.TensorBoardLog(self.out, self.start_epoch) if self.write_tensorboard else None
         try:
+            metrics: dict[str, Any] = {}
             for epoch in range(self.start_epoch, cfg.train.epochs):
                 result = self.train_epoch(epoch)
                 self.images_seen += result.rows
                 self.train_seconds += result.seconds
-                row = self._row(epoch, result)
-                self.history.append(row)
-                self.progress.end_epoch(row, self.method.term_names, cfg.train.epochs)
-                self._save(epoch + 1, wall_start)
-            return self._finish(wall_start)
-        except TrainingDiverged as exc:
-            done = len(self.history)
-            kept = (f"the checkpoint of epoch {done} in {self.out} is kept" if done and self.out is not None
-                    else "no epoch had completed, so there is no checkpoint")
-            raise TrainingDiverged(f"{exc}; {kept}") from None
+                self.history.append(self._row(epoch, result))
+                if epoch + 1 == cfg.train.epochs:
+                    metrics = self._metrics(wall_start)
+                self._save(epoch + 1, wall_start, metrics or None)
+                self.progress.end_epoch(self.history[-1], self.method.term_names, cfg.train.epochs)
+                if board is not None:
+                    board.log_epoch(self.history[-1], self.method.term_names, self.split)
         finally:
-            shutdown(self.ctx)
+            self.progress.close()
+            if board is not None:
+                board.close()
+        self._write_final_outputs(metrics)
+        return metrics
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """The exception a failed run ends with: one line saying what happened and what was kept."""
+        if isinstance(exc, TrainingDiverged):
+            return TrainingDiverged(f"{exc}; {self._what_was_kept(diverged=True)}")
+        if isinstance(exc, OutputError):
+            return OutputError(f"{exc}; {self._what_was_kept()}")
+        if isinstance(exc, KeyboardInterrupt):
+            return Interrupted(f"interrupted; {self._what_was_kept()}")
+        peer = as_peer_failure(exc, self.ctx, self.config.train.dist_timeout)
+        if peer is not None:
+            return PeerFailure(f"{peer}; {self._what_was_kept()}")
+        self._what_was_kept()  # an unexpected error still leaves a directory that a rerun can use
+        return exc
+
+    def _begin(self) -> None:
+        """Rank 0: set up the run directory for training and say what is about to happen."""
+        cfg, d = self.config, self.data
+        if self.run is not None:
+            if self.leftovers:
+                self.run.discard_leftovers()
+            saved = self.checkpoint["config"]["train"]["epochs"] if self.checkpoint is not None else None
+            if not self.resuming or saved != cfg.train.epochs:
+                (self.run.path / rundir.METRICS).unlink(missing_ok=True)  # an extended run is unfinished again
+                self.run.write_text(rundir.CONFIG, cfg.to_yaml())
+        where = f"into {self.out}" if self.out is not None else "(no --out: nothing is saved)"
+        if self.leftovers:
+            where += f" (replacing the files of a run that never completed an epoch: {', '.join(self.leftovers)})"
+        if self.checkpoint is not None:
+            saved = self.checkpoint["config"]["train"]["epochs"]
+            verb = (f"extending {self.out} from {saved} to {cfg.train.epochs} epochs, resuming after epoch "
+                    f"{self.start_epoch}" if saved != cfg.train.epochs
+                    else f"resuming {self.out} after epoch {self.start_epoch}")
+        else:
+            verb = f"training {where}"
+        threads = torch.get_num_threads() if self.device.type == "cpu" else None
+        self.progress.say(
+            f"selfdistill: {verb} | {self.method.name} on {cfg.data.dataset} with {cfg.model.name} "
+            f"({count_parameters(self.model):,} parameters) | {len(d.train_labels):,} train / {len(d.test_labels):,} "
+            f"{self.split} images | {self.steps} steps/epoch x {cfg.train.epochs} epochs | {self.device}"
+            + (f", {threads} threads" if threads else "") + (f" x {self.ctx.world_size} processes"
+                                                               if self.ctx.enabled else ""))
 
     def _row(self, epoch: int, result: EpochResult) -> dict[str, Any]:
-        cfg, d = self.config, self.data
+        cfg, d, s = self.config, self.data, self.split
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.schedule.lr(epoch, 0), **result.terms,
-                               "train_top1": result.train_top1, "test_top1": None, "test_nll": None,
-                               "test_ece": None, "images_per_s": result.rows / max(result.seconds, 1e-9),
+                               "train_top1": result.train_top1, f"{s}_top1": None, f"{s}_nll": None,
+                               f"{s}_ece": None, "images_per_s": result.rows / max(result.seconds, 1e-9),
                                "seconds": result.seconds, "images_seen": self.images_seen}
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             acc = evaluate(self.model, d.test_images, d.test_labels, d.num_classes, self.augment,
                            cfg.data.eval_batch_size, self.precision, self.ctx)
-            row.update(test_top1=acc.top1(), test_nll=acc.nll(), test_ece=acc.ece())
-            self.test_images = acc.count
+            if not math.isfinite(acc.nll()):
+                raise TrainingDiverged(f"the {s} NLL is {acc.nll()} after epoch {epoch + 1}: the model's predictions "
+                                       "are no longer finite, though the training loss is")
+            row.update({f"{s}_top1": acc.top1(), f"{s}_nll": acc.nll(), f"{s}_ece": acc.ece()})
+            self.last_eval = {"images": acc.count, "reliability": acc.reliability()}
         return row
 
-    def _save(self, epochs_done: int, wall_start: float) -> None:
+    def _what_was_kept(self, diverged: bool = False) -> str:
+        """The end of a failure's message: what stays in the run directory and what to do next. A run
+        with no checkpoint removes what it wrote, so that the same command can run again."""
+        if self.out is None:
+            return "nothing was saved (no --out)"
+        if self.saved_epoch == 0:
+            if self.run is not None:
+                self.run.discard_if_no_progress()
+            return f"no epoch completed, so nothing was kept in {self.out}; the same command can run again"
+        advice = (" with the same settings (to change them, e.g. a smaller --lr, start a new --out)" if diverged
+                  else "")
+        return (f"the checkpoint of epoch {self.saved_epoch} in {self.out} is kept: "
+                f"`selfdistill train --out {self.out} --resume` continues from it{advice}")
+
+    def _save(self, epochs_done: int, wall_start: float, metrics: dict[str, Any] | None) -> None:
+        """Checkpoint (rank 0 writes; every rank sends its method state), then log.csv."""
         method_states = gather_objects(_to_device(self.method.state_dict(), "cpu"), self.ctx)
-        if self.out is None or not self.ctx.is_main:
+        if self.run is None:
+            self.saved_epoch = epochs_done if self.out is not None else 0  # rank 0 writes it
             return
-        rundir.write_log(self.out / "log.csv", self.history)
-        rundir.atomic_torch_save(self.out / rundir.CHECKPOINT, {
+        self.run.write_torch(rundir.CHECKPOINT, {
             "version": rundir.CHECKPOINT_VERSION, "epoch": epochs_done, "config": self.config.to_dict(),
             "model": self.model.state_dict(), "extras": self.extras.state_dict(),
             "optimizer": self.optimizer.state_dict(), "method": method_states,
             "history": self.history, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
-            "wall_seconds": self.previous_wall + time.perf_counter() - wall_start})
+            "wall_seconds": self.previous_wall + time.perf_counter() - wall_start, "last_eval": self.last_eval,
+            "metrics": metrics})
+        self.saved_epoch = epochs_done
+        self.run.write_log(self.history)
 
-    def _finish(self, wall_start: float) -> dict[str, Any]:
-        cfg, final = self.config, self.history[-1]
-        evaluated = [r for r in self.history if r["test_top1"] is not None]
-        best = max(evaluated, key=lambda r: r["test_top1"])
-        metrics = {
+    def _metrics(self, wall_start: float) -> dict[str, Any]:
+        cfg, final, s = self.config, self.history[-1], self.split
+        evaluated = [r for r in self.history if r[f"{s}_top1"] is not None]
+        best = max(evaluated, key=lambda r: r[f"{s}_top1"])
+        return {
             "method": self.method.name, "dataset": cfg.data.dataset, "model": cfg.model.name,
-            "seed": cfg.train.seed, "epochs": cfg.train.epochs,
-            "test_top1": final["test_top1"], "test_nll": final["test_nll"], "test_ece": final["test_ece"],
+            "seed": cfg.train.seed, "epochs": cfg.train.epochs, "eval_split": s,
+            f"{s}_top1": final[f"{s}_top1"], f"{s}_nll": final[f"{s}_nll"], f"{s}_ece": final[f"{s}_ece"],
+            f"{s}_images": self.last_eval.get("images"),
             "train_top1": final["train_top1"], "train_images_seen": self.images_seen,
-            "test_images": self.test_images,
             "wall_s": self.previous_wall + time.perf_counter() - wall_start,
             "train_s": self.train_seconds, "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
             "steps_per_epoch": self.steps, "batch_size": cfg.data.batch_size, "label_noise": cfg.data.label_noise,
             "train_subset": cfg.data.train_subset, "parameters": count_parameters(self.model),
             "extra_parameters": count_parameters(self.extras), "peak_memory_mb": peak_memory_mb(self.device),
             "world_size": self.ctx.world_size, "device": str(self.device),
-            "best_epoch_selected_on_test": best["epoch"], "best_test_top1_selected_on_test": best["test_top1"],
-            "code": code_version(),
+            f"best_epoch_selected_on_{s}": best["epoch"], f"best_{s}_top1_selected_on_{s}": best[f"{s}_top1"],
+            "reliability": self.last_eval.get("reliability"), "code": code_version(),
         }
-        if self.out is not None and self.ctx.is_main:
-            rundir.write_json(self.out / "metrics.json", metrics)
-            rundir.atomic_torch_save(self.out / "model.pt", self.model.state_dict())
+
+    def _write_final_outputs(self, metrics: dict[str, Any]) -> None:
+        """model.pt, its model card, then metrics.json: the completion marker is the last write."""
+        if self.run is None:
+            return
+        self.run.write_torch(rundir.MODEL, self.model.state_dict())
+        d, cfg = self.data, self.config
+        model_path = self.run.path / rundir.MODEL
+        card = ModelCard(model=cfg.model.name, num_classes=d.num_classes, in_channels=d.in_channels,
+                         image_size=self.image_size, pad_to=cfg.data.pad_to, mean=list(d.mean), std=list(d.std),
+                         dataset=cfg.data.dataset, method=self.method.name, weights_sha256=weights_sha256(model_path))
+        try:
+            write_model_card(model_path, card)
+        except OSError as exc:
+            raise OutputError(f"could not write {self.run.path / rundir.MODEL_CARD}: {exc.strerror or exc}") from None
+        self.run.write_json(rundir.METRICS, metrics)
+
+    def _complete_finished_run(self) -> dict[str, Any]:
+        """``--resume`` of a run whose last epoch is checkpointed: write whatever final output is missing."""
+        missing = self.run.missing_final_outputs() if self.run is not None else []
+        metrics = self.final_metrics
+        if metrics is None:  # a checkpoint written before checkpoints carried the final metrics
+            metrics = json.loads((self.out / rundir.METRICS).read_text()) if not missing else None
+            if metrics is None:
+                raise UserError(f"--resume: {self.out} lacks {', '.join(missing)} and its checkpoint predates the "
+                                "final metrics it would need to rebuild them")
+        if not missing:
+            self.progress.say(f"selfdistill: {self.out} is already finished ({self.start_epoch} epochs); nothing to do")
+            return metrics
+        self.progress.say(f"selfdistill: {self.out} finished its {self.start_epoch} epochs; writing the missing "
+                          f"{', '.join(missing)} from its final checkpoint")
+        if self.run is not None:
+            (self.run.path / rundir.METRICS).unlink(missing_ok=True)
+            self.run.write_log(self.history)
+            self._write_final_outputs(metrics)
         return metrics
+
+
+def _checkpoint_epoch(state: dict[str, Any], out: Path) -> int:
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or epoch < 0:
+        raise UserError(f"--resume: {out / rundir.CHECKPOINT} is damaged (no valid epoch)")
+    return epoch
 
 
 def code_version() -> str:
@@ -339,4 +525,4 @@ def train(config: Config, out: str | Path | None = None, resume: bool = False) -
     return Trainer(config, out, resume).fit()
 
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Interrupted", "Trainer", "train"]

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any
 
 from ..config import build_dataclass
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from .bake import BAKE
 from .base import Batch, Method, Outputs, SetupContext
 from .byot import BYOT
@@ -43,7 +43,9 @@ def _members(name: str) -> list[type[Method]]:
     unknown = [p for p in parts if p not in METHODS]
     if unknown or not name:
         allowed = ", ".join(method_names())
-        raise UserError.bad_value("method.name", name, f"{allowed} (combine with +, e.g. dlb+dsr)")
+        suggestion = did_you_mean(unknown[0], method_names()) if unknown else ""
+        raise UserError(f"method.name={name!r} is not allowed{suggestion}; allowed: {allowed} (combine with +, e.g. "
+                        "dlb+dsr)")
     if len(set(parts)) != len(parts):
         raise UserError.bad_value("method.name", name, "each method at most once")
     return [METHODS[p] for p in parts]

@@ -173,6 +173,7 @@ class Method:
     provides_task_loss: ClassVar[bool] = False  # True: replaces the default hard-label cross-entropy
     supports_mixing: ClassVar[bool] = True  # False: refuses mixup/CutMix (the method's targets need clean rows)
     min_batch_size: ClassVar[int] = 1
+    uses_total_epochs: ClassVar[bool] = False  # True: what it does depends on train.epochs (no extension on resume)
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

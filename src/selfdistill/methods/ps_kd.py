@@ -44,6 +44,7 @@ class PSKD(Method):
     term_names = ("pskd_ce",)
     provides_task_loss = True
     supports_mixing = False
+    uses_total_epochs = True  # alpha ramps over train.epochs
 
     def __init__(self, options: PSKDOptions | None = None) -> None:
         super().__init__(options)

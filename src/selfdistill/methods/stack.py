@@ -43,6 +43,7 @@ class MethodStack(Method):
             raise UserError(f"method.name={self.name!r}: loss term {duplicates[0]!r} is produced twice")
         self.term_names = tuple(names)
         self.min_batch_size = max(m.min_batch_size for m in members)
+        self.uses_total_epochs = any(m.uses_total_epochs for m in members)
 
     def setup(self, ctx: SetupContext) -> None:
         if ctx.mixing:

@@ -52,9 +52,13 @@ class TfKDSelf(Method):
     def setup(self, ctx: SetupContext) -> None:
         path = Path(self.options.teacher)
         if not self.options.teacher or not path.exists():
-            raise UserError(f"method.teacher={self.options.teacher!r} is not allowed; allowed: the model.pt (or run "
-                            "directory) of a trained model of the same architecture, e.g. from --method ce")
+            what = (f"method.teacher={self.options.teacher!r} does not exist" if self.options.teacher
+                    else "method.teacher is required")
+            raise UserError(f"{what}: tf_kd_self needs a trained copy of the network; train one with "
+                            f"--method ce --model {ctx.model_name} --out RUN_DIR, then pass --set method.teacher=RUN_DIR")
         path = path / "model.pt" if path.is_dir() else path
+        if not path.is_file():
+            raise UserError(f"method.teacher: {path} does not exist (is the teacher's run finished?)")
         teacher: nn.Module = build_model(ctx.model_name, ctx.num_classes, ctx.input_shape[0], ctx.input_shape[1])
         try:
             teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
