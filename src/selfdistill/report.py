@@ -1,97 +1,448 @@
-"""Tables and plots from run directories (``metrics.json`` + ``log.csv``)."""
+"""Tables and plots from run directories, merging only runs that are seeds of one experiment.
+
+A finished run directory holds ``config.yaml`` (the resolved config), ``log.csv`` (one row per epoch)
+and ``metrics.json`` (the final evaluation). A run is evaluated on the test set or, with
+``data.validation_split``, on a held-out validation split: ``metrics.json`` names it in ``eval_split``
+(``test`` or ``val``; runs of older versions have no ``eval_split`` and ``test_*`` keys) and the
+metrics are ``<split>_top1``, ``<split>_nll``, ``<split>_ece``.
+
+Runs are grouped by their whole resolved config except the seed and the fields that change results
+only as another seed would (:data:`selfdistill.config.REPORT_IGNORED_FIELDS`). A group's row shows
+dataset, model, method and split, every config field whose value differs between the groups of the
+report, the number of *distinct* seeds and mean ± std over those seeds (std only with two or more).
+Two runs of one group with the same seed are flagged in a note and averaged into one value for that
+seed (in the table, the accuracy curves and the pooled reliability bins), so a repeated seed never
+counts twice nor shrinks the std.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UserError
+import yaml
 
-GROUP_KEYS = ("dataset", "model", "method", "label_noise", "epochs")
-METRIC_COLUMNS = (("test_top1", "top-1 %", 2), ("test_nll", "NLL", 3), ("test_ece", "ECE %", 2),
+from .config import REPORT_IGNORED_FIELDS, Config, resolve
+from .errors import UserError, one_line
+from .fileio import atomic_write_text
+from .plots import Curve, curve_panels, reliability_grid
+
+# (metric, column header, digits); the first three are read as <split>_<metric>
+METRIC_COLUMNS = (("top1", "top-1 %", 2), ("nll", "NLL", 3), ("ece", "ECE %", 2),
                   ("images_per_s", "images/s", 0), ("wall_s", "wall s", 0))
+SPLIT_METRICS = ("top1", "nll", "ece")
+IDENTITY_KEYS = ("data.dataset", "model.name", "method.name")  # always shown, as dataset, model, method
+SHORT_NAMES = {"optim.lr": "lr", "data.batch_size": "batch size", "train.epochs": "epochs",
+               "data.label_noise": "label noise", "data.train_subset": "train subset",
+               "data.validation_split": "val images"}
+MISSING = object()  # a field the group's config does not have (another method's option)
+
+
+# ----------------------------------------------------------------------------- reading runs
+def eval_split(run: dict[str, Any]) -> str:
+    """``test`` or ``val``: the split a run's final metrics were computed on (older runs: ``test``)."""
+    return run.get("eval_split", "test")
+
+
+def eval_metric(run: dict[str, Any], name: str) -> float:
+    """``top1``, ``nll`` or ``ece`` of a run on its evaluated split; other metrics by their own name."""
+    return float(run[f"{eval_split(run)}_{name}" if name in SPLIT_METRICS else name])
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_text(run: Path, name: str) -> str:
+    path = run / name
+    if not path.is_file():
+        raise UserError(f"{run}: {name} is missing; a finished run directory holds config.yaml, log.csv and "
+                        f"metrics.json")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UserError(f"{run}: cannot read {name} ({exc.strerror or one_line(exc)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{run}: {name} is not UTF-8 text") from None
+
+
+def _read_metrics(run: Path) -> dict[str, Any]:
+    where = f"{run}: metrics.json"
+    try:
+        metrics = json.loads(_read_text(run, "metrics.json"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{where} must hold a JSON object, found {type(metrics).__name__}")
+    split = eval_split(metrics)
+    if not isinstance(split, str) or not split.isidentifier():
+        raise UserError(f"{where}: eval_split={split!r} is not a split name such as 'test' or 'val'")
+    for name, _, _ in METRIC_COLUMNS:
+        key = f"{split}_{name}" if name in SPLIT_METRICS else name
+        if key not in metrics:
+            raise UserError(f"{where} lacks '{key}' (not a metrics file of a finished selfdistill run)")
+        if not _finite(metrics[key]):
+            raise UserError(f"{where}: '{key}' is {metrics[key]!r}, not a finite number")
+    if "reliability" in metrics:
+        _check_reliability(where, metrics["reliability"])
+    return metrics
+
+
+def _check_reliability(where: str, rel: Any) -> None:
+    bins = rel.get("bins") if isinstance(rel, dict) else None
+    ok = isinstance(bins, int) and not isinstance(bins, bool) and bins >= 1
+    for key in ("count", "confidence_sum", "correct"):
+        values = rel.get(key) if ok else None
+        ok = ok and isinstance(values, list) and len(values) == bins and all(map(_finite, values))
+    if not ok:
+        raise UserError(f"{where}: 'reliability' must be {{bins, count, confidence_sum, correct}} with one number "
+                        f"per bin")
+
+
+def _read_log(run: Path, split: str) -> list[dict[str, float | None]]:
+    try:
+        rows = list(csv.DictReader(_read_text(run, "log.csv").splitlines()))
+    except csv.Error as exc:
+        raise UserError(f"{run}: log.csv is not a readable CSV file ({one_line(exc)})") from None
+    if not rows:
+        raise UserError(f"{run}: log.csv has no epoch rows (not the log of a finished run)")
+    missing = [c for c in ("epoch", f"{split}_top1") if c not in rows[0]]
+    if missing:
+        raise UserError(f"{run}: log.csv has no '{missing[0]}' column (not the log of a finished selfdistill run)")
+    out = []
+    for number, row in enumerate(rows, start=2):
+        try:
+            out.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+        except (TypeError, ValueError):
+            bad = next(k for k, v in row.items() if not _parses(v))
+            raise UserError(f"{run}: log.csv line {number}, column '{bad}': {row[bad]!r} is not a number") from None
+    return out
+
+
+def _parses(value: Any) -> bool:
+    try:
+        return value in ("", None) or isinstance(float(value), float)
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_config(run: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(_read_text(run, "config.yaml"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{run}: config.yaml is not valid YAML ({one_line(exc)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{run}: config.yaml must be a mapping of sections")
+    try:
+        return resolve([raw]).to_dict()
+    except UserError as exc:
+        raise UserError(f"{run}: config.yaml: {exc}") from None
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
-    """``metrics.json`` of a finished run plus its per-epoch ``log`` rows and its directory."""
+    """``metrics.json`` of a finished run plus ``log`` (its ``log.csv`` rows, numbers or None),
+    ``config`` (the resolved config as a dict) and ``run_dir``; anything malformed is a UserError."""
     run = Path(path)
-    metrics_file = run / "metrics.json"
-    if not metrics_file.is_file():
-        raise UserError(f"{run} has no metrics.json (not a finished run directory)")
-    metrics = json.loads(metrics_file.read_text())
-    with (run / "log.csv").open() as handle:
-        metrics["log"] = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-                          for row in csv.DictReader(handle)]
+    metrics = _read_metrics(run)
+    metrics["log"] = _read_log(run, eval_split(metrics))
+    metrics["config"] = _read_config(run)
     metrics["run_dir"] = str(run)
     return metrics
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every finished run at or below the given paths."""
-    runs = []
+    """Every finished run (a directory with ``metrics.json``) at or below the given paths, each once."""
+    paths = list(paths)
+    found: dict[Path, Path] = {}  # resolved -> as found, so overlapping paths never list a run twice
     for path in paths:
         p = Path(path)
+        if not p.exists():
+            raise UserError(f"{path}: no such file or directory")
+        if p.is_file():
+            if p.name != "metrics.json":
+                raise UserError(f"{path} is a file; give run directories or folders holding them")
+            p = p.parent
         dirs = [p] if (p / "metrics.json").is_file() else sorted(m.parent for m in p.rglob("metrics.json"))
-        runs += [load_run(d) for d in dirs]
-    if not runs:
+        for d in dirs:
+            found.setdefault(d.resolve(), d)
+    if not found:
         raise UserError(f"no finished runs (metrics.json) under {', '.join(map(str, paths))}")
-    return runs
+    return [load_run(d) for d in found.values()]
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+# ----------------------------------------------------------------------------- grouping
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists become tuples (comparable, hashable)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = _freeze(value)
+    return out
 
 
-def summarize(runs: list[dict[str, Any]], keys: tuple[str, ...] = GROUP_KEYS) -> list[dict[str, Any]]:
-    """One row per group of runs that agree on ``keys``: mean and std of every metric, seed count."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(map(_freeze, value))
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def _ignored(key: str) -> bool:
+    return any(key == f or key.startswith(f"{f}.") for f in REPORT_IGNORED_FIELDS)
+
+
+@dataclass
+class Group:
+    """Runs whose configs agree on everything but the seed and the ignored fields."""
+
+    config: dict[str, Any]  # the flattened config without the ignored fields
+    split: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)  # the distinguishing fields (MISSING where absent)
+    label: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        dataset, model, method = (self.config[k] for k in IDENTITY_KEYS)
+        return {"dataset": dataset, "model": model, "method": method, "split": self.split}
+
+    def seeds(self) -> dict[int, list[dict[str, Any]]]:
+        """The runs of each distinct seed."""
+        out: dict[int, list[dict[str, Any]]] = {}
+        for run in self.runs:
+            out.setdefault(run["config"]["train"]["seed"], []).append(run)
+        return out
+
+    def per_seed(self, metric: str) -> list[float]:
+        """One value per distinct seed (duplicates of a seed averaged)."""
+        return [statistics.fmean(eval_metric(r, metric) for r in runs) for runs in self.seeds().values()]
+
+
+def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
+    """Groups of comparable runs, each with its distinguishing fields and a label, sorted by those."""
+    groups: dict[tuple, Group] = {}
     for run in runs:
-        groups.setdefault(tuple(run.get(k) for k in keys), []).append(run)
-    rows = []
-    for key, members in groups.items():
-        row: dict[str, Any] = dict(zip(keys, key))
-        row["seeds"] = len(members)
-        for metric, _, _ in METRIC_COLUMNS:
-            row[metric] = mean_std([float(m[metric]) for m in members])
-        rows.append(row)
-    return rows
+        flat = {k: v for k, v in flatten(run["config"]).items() if not _ignored(k)}
+        key = (eval_split(run), *sorted(flat.items(), key=lambda kv: kv[0]))
+        groups.setdefault(key, Group(flat, eval_split(run))).runs.append(run)
+    result = list(groups.values())
+    keys = _distinguishing_keys(result)
+    for group in result:
+        group.fields = {k: group.config.get(k, MISSING) for k in keys}
+    _label(result)
+    return sorted(result, key=lambda g: [_sort_key(v) for v in (*g.identity().values(), *g.fields.values())])
 
 
-def markdown_table(rows: list[dict[str, Any]], keys: tuple[str, ...] = GROUP_KEYS) -> str:
-    header = [*keys, "seeds", *(label for _, label, _ in METRIC_COLUMNS)]
+def _distinguishing_keys(groups: list[Group]) -> list[str]:
+    """Config keys whose values differ between groups, in config order, without the identity keys.
+
+    A key that only some groups have (another method's option) and that has one value wherever it is
+    present is left out unless it is needed to tell two groups apart."""
+    sections = [f.name for f in dataclasses.fields(Config)]
+    seen = dict.fromkeys(k for g in groups for k in g.config if k not in IDENTITY_KEYS)
+    order = sorted(seen, key=lambda k: sections.index(k.split(".")[0]))
+    keys = [k for k in order if len({_hashable(g.config.get(k, MISSING)) for g in groups}) > 1]
+    for key in [k for k in keys if len({g.config[k] for g in groups if k in g.config}) == 1]:
+        rest = [k for k in keys if k != key]
+        if _all_distinct(groups, rest):
+            keys = rest
+    return keys
+
+
+def _hashable(value: Any) -> Any:
+    return ("<missing>",) if value is MISSING else value
+
+
+def _all_distinct(groups: list[Group], keys: list[str]) -> bool:
+    shown = {(*g.identity().values(), *(_hashable(g.config.get(k, MISSING)) for k in keys)) for g in groups}
+    return len(shown) == len(groups)
+
+
+def _sort_key(value: Any) -> tuple:
+    """Absent, then None, then numbers by value, then anything else by its text."""
+    if value is MISSING or value is None:
+        return (0 if value is MISSING else 1, 0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (2, value, "")
+    return (3, 0, str(value))
+
+
+def column_name(key: str) -> str:
+    """A short header for a dotted config key where the short form is unambiguous."""
+    return SHORT_NAMES.get(key, key)
+
+
+def show(value: Any) -> str:
+    """A config value as a table cell."""
+    if value is MISSING:
+        return "—"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(show, value)) + "]"
+    return str(value)
+
+
+def _label(groups: list[Group]) -> None:
+    """Label each group by what tells it apart: varying identity parts, then ``field=value`` (a field that
+    is unset, ``None``, or that the group lacks is left out of its label)."""
+    names = list(groups[0].identity()) if groups else []
+    varying = [n for n in names if len({g.identity()[n] for g in groups}) > 1]
+    for g in groups:
+        parts = [str(g.identity()[n]) for n in varying]
+        parts += [f"{column_name(k)}={show(v)}" for k, v in g.fields.items() if v is not MISSING and v is not None]
+        g.label = " ".join(parts) or g.identity()["method"]
+
+
+def _common_title(groups: list[Group]) -> str:
+    shared = {n: v for n, v in groups[0].identity().items() if all(g.identity()[n] == v for g in groups)}
+    parts = [shared.get("method"), shared.get("model"), f"on {shared['dataset']}" if "dataset" in shared else None]
+    return " ".join(p for p in parts if p)
+
+
+# ----------------------------------------------------------------------------- the table
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean, and the sample std when there are two or more values (else None)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summary_row(group: Group) -> dict[str, Any]:
+    """A group's table row: identity, distinguishing fields, distinct seeds, mean ± std per metric."""
+    row: dict[str, Any] = {**group.identity(), "fields": dict(group.fields), "label": group.label,
+                           "seeds": len(group.seeds()), "runs": len(group.runs)}
+    for metric, _, _ in METRIC_COLUMNS:
+        row[metric] = mean_std(group.per_seed(metric))
+    return row
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per group of comparable runs (see the module docstring)."""
+    return [summary_row(g) for g in group_runs(runs)]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of :func:`summarize` rows, with a column per distinguishing field."""
+    fields = list(rows[0]["fields"]) if rows else []
+    header = ["dataset", "model", "method", "split", *map(column_name, fields), "seeds",
+              *(label for _, label, _ in METRIC_COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [str(row[k]) for k in keys] + [str(row["seeds"])]
+        cells = [str(row[k]) for k in ("dataset", "model", "method", "split")]
+        cells += [show(row["fields"][k]) for k in fields] + [str(row["seeds"])]
         for metric, _, digits in METRIC_COLUMNS:
             mean, std = row[metric]
-            cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}" if row["seeds"] > 1 else f"{mean:.{digits}f}")
+            cells.append(f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_test_accuracy(runs: dict[str, dict[str, Any]], path: str | Path, title: str) -> None:
-    """A PNG of test top-1 per epoch and per training image seen, one line per labelled run."""
-    import matplotlib
+def duplicate_notes(groups: list[Group]) -> list[str]:
+    """A note per seed that more than one run of a group used."""
+    notes = []
+    for group in groups:
+        for seed, runs in group.seeds().items():
+            if len(runs) > 1:
+                dirs = ", ".join(r["run_dir"] for r in runs)
+                notes.append(f"duplicate seed {seed} in `{group.label}`: {dirs}; counted once in `seeds`, its "
+                             f"{len(runs)} runs averaged into one value before the mean ± std over seeds")
+    return notes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.0), dpi=110, sharey=True)
-    for label, run in runs.items():
-        rows = [r for r in run["log"] if r["test_top1"] is not None]
-        top1 = [r["test_top1"] for r in rows]
-        axes[0].plot([r["epoch"] for r in rows], top1, marker="o", markersize=3, label=label)
-        axes[1].plot([r["images_seen"] / 1e3 for r in rows], top1, marker="o", markersize=3, label=label)
-    axes[0].set_xlabel("epoch")
-    axes[1].set_xlabel("training images forwarded (thousands)")
-    axes[0].set_ylabel("test top-1 (%)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+# ----------------------------------------------------------------------------- plots
+def accuracy_curve(group: Group) -> Curve:
+    """The evaluated top-1 per epoch: mean over seeds (duplicates averaged first), std band with 2+ seeds."""
+    column = f"{group.split}_top1"
+    per_seed: list[dict[float, float]] = []
+    for runs in group.seeds().values():
+        by_epoch: dict[float, list[float]] = {}
+        for run in runs:
+            for row in run["log"]:
+                if row.get(column) is not None:
+                    by_epoch.setdefault(row["epoch"], []).append(row[column])
+        per_seed.append({e: statistics.fmean(v) for e, v in by_epoch.items()})
+    epochs = sorted({e for curve in per_seed for e in curve})
+    stats = [mean_std([c[e] for c in per_seed if e in c]) for e in epochs]
+    std = [s or 0.0 for _, s in stats] if len(per_seed) > 1 else None
+    return Curve(group.label, epochs, [m for m, _ in stats], std)
+
+
+def plot_accuracy(groups: list[Group], path: Path) -> None:
+    """``accuracy.png``: one line per group with its ± std band over seeds, x = epoch."""
+    splits = {g.split for g in groups}
+    ylabel = f"{splits.pop()} top-1 (%)" if len(splits) == 1 else "top-1 (%) on the split in each label"
+    title = f"{_common_title(groups)}: mean ± std over seeds".lstrip(": ")
+    curve_panels(path, [(ylabel, [accuracy_curve(g) for g in groups])], title)
+
+
+def pooled_reliability(group: Group) -> dict[str, Any] | None:
+    """The group's reliability bins summed over seeds (duplicates averaged), or None when a run has none
+    or the runs' bin counts differ."""
+    rels = [[r.get("reliability") for r in runs] for runs in group.seeds().values()]
+    flat = [rel for seed in rels for rel in seed]
+    if any(rel is None for rel in flat) or len({rel["bins"] for rel in flat}) != 1:
+        return None
+    bins = flat[0]["bins"]
+    pooled: dict[str, Any] = {"bins": bins}
+    for key in ("count", "confidence_sum", "correct"):
+        pooled[key] = [sum(sum(rel[key][i] for rel in seed) / len(seed) for seed in rels) for i in range(bins)]
+    return pooled
+
+
+def plot_reliability(groups: list[Group], path: Path) -> list[str]:
+    """``reliability.png``: one diagram per group that has bins (none: no file); notes on those left out."""
+    diagrams, skipped = [], []
+    for group in groups:
+        pooled = pooled_reliability(group)
+        if pooled is None:
+            skipped.append(f"`{group.label}`")
+        else:
+            seeds = len(group.seeds())
+            diagrams.append((f"{group.label} ({seeds} seed{'s' if seeds > 1 else ''})", pooled))
+    notes = []
+    if diagrams:
+        reliability_grid(path, diagrams)
+        notes.append(f"{path}: reliability diagram per group, bins pooled over seeds (pale bars: few images)")
+    if skipped:
+        notes.append(f"reliability.png leaves out {', '.join(skipped)}: some of their metrics.json have no "
+                     f"reliability bins (runs of older versions) or bins of another size")
+    return notes
+
+
+def build_report(paths: list[str], out: Path | None, plots: bool = True) -> str:
+    """The markdown report (table and notes) of the runs under ``paths``; with ``out``, also
+    ``report.md`` and, with ``plots``, ``accuracy.png`` and ``reliability.png`` in it."""
+    groups = group_runs(find_runs(paths))
+    table = markdown_table([summary_row(g) for g in groups])
+    notes = ["final epoch; mean ± std over distinct seeds (std with 2 or more); `split`: test set, or `val`, "
+             "a validation split held out of the training set", *duplicate_notes(groups)]
+    if out is None:
+        return _document(table, notes)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if plots:
+            plot_accuracy(groups, out / "accuracy.png")
+            notes.append(f"{out / 'accuracy.png'}: evaluated top-1 per epoch, band ± std over seeds")
+            notes += plot_reliability(groups, out / "reliability.png")
+        text = _document(table, notes)
+        atomic_write_text(out / "report.md", text)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write the report there ({exc.strerror or one_line(exc)})") from None
+    return text
+
+
+def _document(table: str, notes: list[str]) -> str:
+    return table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -1,0 +1,240 @@
+"""``selfdistill eval RUN_DIR|model.pt``: evaluate saved weights on a whole dataset split.
+
+The model card (``model.json``, see :mod:`selfdistill.modelcard`) says which architecture the weights
+fit, how many classes and channels it has, the input size and the normalisation. ``model=`` replaces
+the card's architecture and ``dataset=`` the dataset it is evaluated on; a model saved by an older
+version has no card and needs both, and then takes the dataset's standard normalisation and its raw
+image size (any ``data.pad_to`` of the run is not known).
+
+Evaluation covers the whole split once, unshuffled, in eval mode and fp32, under
+``torch.inference_mode()``: top-1, top-5, NLL, ECE, per-class accuracy and the reliability bins.
+``split="train"`` is the dataset's full training set with clean labels and no augmentation. Results go
+to ``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``out`` (default
+``<run dir>/eval-<dataset>-<split>/``).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .config import DataConfig, SyntheticConfig
+from .data import DATASETS, Augment, ImageDataset, eval_batches, load_dataset
+from .errors import UserError, one_line
+from .fileio import atomic_write_json, atomic_write_text
+from .metrics import EvalAccumulator
+from .modelcard import ModelCard, card_path, read_model_card, weights_sha256
+from .models import build_model, model_names
+from .plots import reliability_figure
+
+SPLITS = ("test", "train")
+WEIGHT_SUFFIXES = (".pt", ".pth")
+FILES = ("eval.json", "per_class.csv", "reliability.png")
+
+
+@dataclass
+class InputSpec:
+    """How to rebuild the model and feed it images: from the card, the overrides and the dataset."""
+
+    model: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    pad_to: int | None
+    mean: list[float]
+    std: list[float]
+
+
+def locate_weights(target: str | Path) -> Path:
+    """``model.pt`` of a finished run directory, or the weights file given."""
+    path = Path(target)
+    if not path.exists():
+        raise UserError(f"{target}: no such file or directory (expected a run directory or a .pt file)")
+    if path.is_dir():
+        weights = path / "model.pt"
+        if weights.is_file():
+            return weights
+        if (path / "checkpoint.pt").exists() or (path / "config.yaml").exists():
+            raise UserError(f"{path} holds no model.pt: the run has not finished (continue it with "
+                            f"`selfdistill train --out {path} --resume`)")
+        raise UserError(f"{path} is not a run directory (no model.pt inside)")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise UserError(f"{target}: expected a run directory or a .pt file of weights")
+    return path
+
+
+def _card_or_overrides(weights: Path, model: str | None, dataset: str | None) -> ModelCard | None:
+    """The card, which must exist unless both ``model`` and ``dataset`` are given (then it is optional)."""
+    if card_path(weights).exists() or model is None or dataset is None:
+        return read_model_card(weights)
+    return None
+
+
+def _load_data(name: str, data_dir: str | None, card: ModelCard | None) -> ImageDataset:
+    """The dataset, decoded (image folders) or generated (``synthetic``) at the card's raw size."""
+    if name not in DATASETS:
+        raise UserError.bad_value("--dataset", name, ", ".join(DATASETS), DATASETS)
+    cfg = DataConfig(dataset=name, data_dir=data_dir)
+    if card is not None and card.pad_to is None:
+        cfg.image_size = card.image_size
+        cfg.synthetic = SyntheticConfig(num_classes=card.num_classes, channels=card.in_channels, size=card.image_size)
+    return load_dataset(cfg)
+
+
+def input_spec(card: ModelCard | None, model: str | None, data: ImageDataset, weights: Path) -> InputSpec:
+    """What the model expects, checked against what the dataset gives."""
+    name = model or card.model
+    if name not in model_names():
+        field = "--model" if model else f"{card_path(weights)}: model"
+        raise UserError.bad_value(field, name, ", ".join(model_names()), model_names())
+    if card is None:
+        return InputSpec(name, data.num_classes, data.in_channels, data.image_size, None, list(data.mean),
+                         list(data.std))
+    where = card_path(weights)
+    if card.num_classes != data.num_classes:
+        raise UserError(f"{where}: the model predicts {card.num_classes} classes but {data.name} has "
+                        f"{data.num_classes}; evaluate it on a dataset with the same classes")
+    if card.in_channels != data.in_channels:
+        raise UserError(f"{where}: the model takes {card.in_channels}-channel images but {data.name} has "
+                        f"{data.in_channels} channels")
+    side = max(data.image_size, card.pad_to or 0)
+    if side != card.image_size:
+        raise UserError(f"{where}: the model was trained on {card.image_size}x{card.image_size} inputs but "
+                        f"{data.name} gives {side}x{side}; evaluate it on a dataset of that image size")
+    return InputSpec(name, card.num_classes, card.in_channels, card.image_size, card.pad_to, list(card.mean),
+                     list(card.std))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A plain ``state_dict`` loaded with ``weights_only=True``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated, foreign or unsafe file: one line, whatever torch raised
+        raise UserError(f"{path} cannot be loaded as model weights ({type(exc).__name__}: "
+                        f"{textwrap.shorten(one_line(exc), 160)})") from None
+    if isinstance(state, dict) and "model" in state and "optimizer" in state:
+        raise UserError(f"{path} is a training checkpoint, not model weights; evaluate the finished run's model.pt")
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in state.items())):
+        raise UserError(f"{path} is not a state_dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def build_fitted(spec: InputSpec, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """The architecture with the weights loaded; the first key that disagrees is named."""
+    net = build_model(spec.model, spec.num_classes, spec.in_channels, spec.image_size)
+    side = spec.image_size
+    what = f"{spec.model} ({spec.num_classes} classes, {spec.in_channels}-channel {side}x{side} input)"
+    expected = net.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise UserError(f"{path} does not fit {what}: it lacks '{key}' (weights of another --model?)")
+        if state[key].shape != tensor.shape:
+            raise UserError(f"{path} does not fit {what}: '{key}' has shape {tuple(state[key].shape)} in the file "
+                            f"and {tuple(tensor.shape)} in the model (another --model, or other classes or channels?)")
+    extra = next((k for k in state if k not in expected), None)
+    if extra is not None:
+        raise UserError(f"{path} does not fit {what}: it has '{extra}', which the model lacks (another --model?)")
+    net.load_state_dict(state)
+    return net
+
+
+def resolve_eval_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (name == "cpu" or name == "cuda" or name.startswith("cuda:")):
+        raise UserError.bad_value("--device", name, "auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError.bad_value("--device", name, "cpu or auto (no CUDA device is available)")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def accumulate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: InputSpec, batch_size: int,
+               device: torch.device, dataset: str) -> EvalAccumulator:
+    """Every image of the split once, in order; a size the model cannot take is a one-line error."""
+    net.to(device).eval()
+    augment = Augment(tuple(spec.mean), tuple(spec.std), pad_to=spec.pad_to)
+    acc = EvalAccumulator(spec.num_classes, device=device)
+    for step, idx in enumerate(eval_batches(len(labels), batch_size)):
+        x = augment.eval(images[idx].to(device))
+        try:
+            logits = net(x)
+        except RuntimeError as exc:
+            if step:
+                raise
+            raise UserError(f"{spec.model} cannot take the {x.shape[-2]}x{x.shape[-1]} images of {dataset} "
+                            f"({textwrap.shorten(one_line(exc), 160)})") from None
+        acc.add(logits, labels[idx].to(device))
+    return acc
+
+
+def evaluate_saved_model(target: str | Path, dataset: str | None = None, data_dir: str | None = None,
+                         split: str = "test", model: str | None = None, batch_size: int = 256,
+                         device: str = "auto", out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate saved weights on ``split`` of ``dataset``; write the results into ``out``; return them."""
+    if split not in SPLITS:
+        raise UserError.bad_value("--split", split, ", ".join(SPLITS), SPLITS)
+    if batch_size < 1:
+        raise UserError.bad_value("--batch-size", batch_size, "an integer >= 1")
+    weights = locate_weights(target)
+    run_device = resolve_eval_device(device)
+    card = _card_or_overrides(weights, model, dataset)
+    state = load_weights(weights)  # before the dataset, which may take a download to find
+    data = _load_data(dataset or card.dataset, data_dir, card)
+    spec = input_spec(card, model, data, weights)
+    net = build_fitted(spec, state, weights)
+    images, labels = (data.test_images, data.test_labels) if split == "test" else (data.train_images, data.train_labels)
+    acc = accumulate(net, images, labels, spec, batch_size, run_device, data.name)
+
+    folder = Path(out) if out is not None else weights.parent / f"eval-{data.name}-{split}"
+    result = {
+        "target": str(weights), "model": spec.model, "dataset": data.name, "split": split, "images": acc.count,
+        "weights_sha256": card.weights_sha256 if card is not None else weights_sha256(weights),
+        "model_card": card is not None, "method": card.method if card is not None else None,
+        "num_classes": spec.num_classes, "image_size": spec.image_size, "pad_to": spec.pad_to,
+        "mean": spec.mean, "std": spec.std, "device": str(run_device),
+        "top1": acc.top1(), "top5": acc.top5(), "top5_k": acc.k, "nll": acc.nll(), "ece": acc.ece(),
+        "per_class_count": acc.class_counts(), "per_class_accuracy": acc.per_class_accuracy(),
+        "reliability": acc.reliability(), "out": str(folder),
+    }
+    write_results(folder, result)
+    return result
+
+
+def write_results(folder: Path, result: dict[str, Any]) -> None:
+    """``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``folder`` (created if needed)."""
+    rows = ["class,count,accuracy"]
+    for label, (n, acc) in enumerate(zip(result["per_class_count"], result["per_class_accuracy"])):
+        rows.append(f"{label},{n},{'' if acc is None else f'{acc:.4f}'}")
+    title = f"{result['model']} on {result['dataset']} {result['split']} ({result['images']:,} images)"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "eval.json", result)
+        atomic_write_text(folder / "per_class.csv", "\n".join(rows) + "\n")
+        reliability_figure(folder / "reliability.png", result["reliability"], title)
+    except OSError as exc:
+        raise UserError(f"--out {folder}: cannot write the results there ({exc.strerror or one_line(exc)}); "
+                        f"choose another --out") from None
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    """What ``selfdistill eval`` prints: the metrics, per-class accuracy, where the files went."""
+    lines = [f"{result['target']}: {result['model']} on {result['dataset']} {result['split']}",
+             f"  top-1   {result['top1']:6.2f} %",
+             f"  top-{result['top5_k']}   {result['top5']:6.2f} %",
+             f"  NLL     {result['nll']:8.4f}",
+             f"  ECE     {result['ece']:6.2f} %",
+             f"  images  {result['images']:,}",
+             "per-class top-1 % (class: accuracy):"]
+    width = len(str(len(result["per_class_accuracy"]) - 1))
+    pairs = [f"{label:>{width}}: {'—' if acc is None else f'{acc:5.1f}'}"
+             for label, acc in enumerate(result["per_class_accuracy"])]
+    lines += ["  " + "   ".join(pairs[i:i + 8]) for i in range(0, len(pairs), 8)]
+    lines.append(f"wrote {', '.join(FILES)} to {result['out']}")
+    return "\n".join(lines)
