@@ -54,14 +54,21 @@ SOURCES = {
 }
 
 
+def _read_idx_split(images_path: Path, labels_path: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, H, W) images and int64 labels of one split; the two files must agree, labels be < num_classes."""
+    images, labels = read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1)
+    if len(images) != len(labels):
+        raise UserError(f"IDX files disagree: {images_path} holds {len(images)} images but {labels_path} holds "
+                        f"{len(labels)} labels")
+    if int(labels.max()) >= num_classes:
+        raise UserError(f"data file {labels_path} holds the label {int(labels.max())}; allowed: 0 to {num_classes - 1}")
+    return images[:, None], labels.long()
+
+
 def _read_idx_set(files: dict[str, Path], num_classes: int = 10) -> Arrays:
-    train_x, train_y, test_x, test_y = (read_idx(files[name]) for name in IDX_FILES)
-    for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
-        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-            raise UserError(f"{split} IDX files disagree: images {tuple(images.shape)}, labels {tuple(labels.shape)}")
-        if int(labels.max()) >= num_classes:
-            raise UserError(f"{split} labels go up to {int(labels.max())}, expected < {num_classes}")
-    return train_x[:, None], train_y.long(), test_x[:, None], test_y.long(), num_classes
+    train_x, train_y = _read_idx_split(files[IDX_FILES[0]], files[IDX_FILES[1]], num_classes)
+    test_x, test_y = _read_idx_split(files[IDX_FILES[2]], files[IDX_FILES[3]], num_classes)
+    return train_x, train_y, test_x, test_y, num_classes
 
 
 def _idx(name: str) -> Callable[[DataConfig], Arrays]:
