@@ -182,3 +182,146 @@ def test_fuzzed_idx_files_give_an_array_or_a_one_line_error(tmp_path, case):
         assert "\n" not in str(exc) and str(path) in str(exc)
     else:
         assert array.dtype == torch.uint8 and array.numel() > 0
+
+
+# ----------------------------------------------------------------------------- CIFAR
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array reconstructor, whatever module it lives in
+
+
+class FakeDType:
+    """Pickles as ``numpy.dtype(code)`` with the given byte order, for codes numpy itself would not write."""
+
+    def __init__(self, code: str, order: str = "|") -> None:
+        self.code, self.order = code, order
+
+    def __reduce__(self):
+        return np.dtype, (self.code, False, True), (3, self.order, None, None, None, -1, -1, 0)
+
+
+class FakeArray:
+    """Pickles as a numpy array with any shape, dtype and raw bytes, consistent or not."""
+
+    def __init__(self, shape, dtype, data: bytes) -> None:
+        self.shape, self.dtype, self.data = shape, dtype, data
+
+    def __reduce__(self):
+        return _RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, self.shape, self.dtype, False, self.data)
+
+
+COUNTING = object()  # labels 0, 1, 2, ...
+
+
+def cifar_batch(n=2, labels=COUNTING, data=None, key=b"labels", protocol=2) -> bytes:
+    images = np.arange(n * 3072, dtype=np.uint64).astype(np.uint8).reshape(n, 3072) if data is None else data
+    return pickle.dumps({b"data": images, key: list(range(n)) if labels is COUNTING else labels}, protocol=protocol)
+
+
+def write_batch(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
+def make_cifar_root(root: Path, n_train=2, n_test=2) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in CIFAR10_FILES:
+        n = n_test if name == "test_batch" else n_train
+        write_batch(folder / name, cifar_batch(n, labels=[i % 10 for i in range(n)]))
+    return root
+
+
+@pytest.mark.parametrize("data", [
+    FakeArray((2, 3072), FakeDType("u1"), bytes(3072)),  # shape says 6144 bytes, holds 3072
+    FakeArray((2, 3072), FakeDType("u1"), b"x" * 7000),
+    FakeArray((2**40, 3072), FakeDType("u1"), bytes(3072)),  # a giant declared shape
+    FakeArray((-2, 3072), FakeDType("u1"), bytes(3072)),
+    FakeArray(("2", 3072), FakeDType("u1"), bytes(3072)),
+    FakeArray((2, 3072), FakeDType("f4", "<"), bytes(4 * 6144)),
+    FakeArray((2, 3072), FakeDType("<f8"), bytes(8 * 6144)),
+    FakeArray((2, 3072), FakeDType("O"), bytes(6144)),
+    FakeArray((2, 3072), "u1", bytes(6144)),
+    FakeArray((2, 3072), FakeDType("u1"), 12),
+    np.zeros((2, 3072), dtype=np.float32),
+])
+def test_cifar_arrays_of_inconsistent_shape_or_foreign_type_are_one_line(tmp_path, data):
+    path = write_batch(tmp_path / "data_batch_1", cifar_batch(data=data))
+    one_line_error(lambda: read_cifar_split([path], "labels", 10), path, "'data'")
+
+
+@pytest.mark.parametrize("labels", [
+    [-1, 0], ["a", 0], [b"a", 0], [None, 0], [1.0, 0], [True, 0], [[0], 0], [2**64, 0], [2**63, 0], [-(2**70), 0],
+    [10, 0], [0, 255], None, "01", b"\x00\x01", (0, 1), {0: 0}, 1,
+    np.array([0.0, 1.0]), np.array([[0, 1]]), np.array([0, 10]), np.array([-1, 0], dtype=np.int8),
+])
+def test_cifar_labels_must_be_integers_within_the_classes(tmp_path, labels):
+    path = write_batch(tmp_path / "data_batch_1", cifar_batch(labels=labels))
+    one_line_error(lambda: read_cifar_split([path], "labels", 10), path, "'labels'")
+
+
+@pytest.mark.parametrize("labels", [
+    [3, 9], np.array([3, 9], dtype="<i8"), np.array([3, 9], dtype=">i8"), np.array([3, 9], dtype=">i4"),
+    np.array([3, 9], dtype="|u1"), np.array([3, 9], dtype=np.int16),
+    FakeArray((2,), FakeDType("<i8", "|"), struct.pack("<2q", 3, 9)),  # order in the code, not the state
+    FakeArray((2,), FakeDType(">i8", "|"), struct.pack(">2q", 3, 9)),
+    FakeArray((2,), FakeDType("|u1", "|"), bytes([3, 9])),
+    FakeArray((2,), FakeDType("=i4", "="), struct.pack("=2i", 3, 9)),
+])
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_integer_labels_of_any_legitimate_byte_order_are_read(tmp_path, labels, protocol):
+    path = write_batch(tmp_path / "data_batch_1", cifar_batch(labels=labels, protocol=protocol))
+    _, read = read_cifar_split([path], "labels", 10)
+    assert read.tolist() == [3, 9] and read.dtype == torch.int64
+
+
+@pytest.mark.parametrize("content", [
+    b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + b"abc.",  # MemoryError: bytes of an absurd declared length
+    b"\x80\x05\x96" + struct.pack("<Q", 2**40) + b".",  # the same for a bytearray
+    b"g99999999999999999999999\n.",  # OverflowError: a memo index beyond C integers
+    b"F1e999999\n.",  # OverflowError: a float too large
+    b"\x80\x02X\x02\x00\x00\x00\xff\xfe.",  # UnicodeDecodeError
+    b"\x80\x02}q\x00(X\x04\x00\x00\x00dataq\x01cnumpy\ndtype\nq\x02X\x02\x00\x00\x00u1\x85R}bu.",  # BUILD, dict
+    b"\x80\x02cnumpy.core.multiarray\n_reconstruct\n)R.",  # TypeError: wrong arguments
+    b"\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.",  # a refused global
+    b"\x80\x02]q\x00.",  # a list, not a dict
+    b"\x80\x02cbuiltins\nbytes\nK\x10\x85R.",  # bytes(16): only bytes() is admitted
+    b"",
+])
+def test_hostile_cifar_pickles_are_one_line(tmp_path, content):
+    path = write_batch(tmp_path / "data_batch_1", content)
+    one_line_error(lambda: read_cifar_split([path], "labels", 10), path)
+
+
+def test_an_unreadable_cifar_batch_is_one_line(tmp_path):
+    (tmp_path / "data_batch_1").mkdir()
+    one_line_error(lambda: load_batch(tmp_path / "data_batch_1"), tmp_path / "data_batch_1", "cannot be read")
+
+
+def valid_cifar_batches() -> list[bytes]:
+    small = np.arange(3072, dtype=np.uint64).astype(np.uint8).reshape(1, 3072)
+    return [cifar_batch(1, data=small, protocol=2), cifar_batch(1, data=small, protocol=5),
+            cifar_batch(1, data=small, labels=np.array([7], dtype=">i8"), protocol=4),
+            pickle.dumps({b"data": np.zeros((1, 4), dtype=np.uint8), b"labels": [1]}, protocol=2),
+            pickle.dumps({"data": FakeArray((1, 2), FakeDType("<i4"), bytes(8)), "labels": [1, 2]}, protocol=3)]
+
+
+CIFAR_INPUTS = st.one_of(st.binary(max_size=200), st.binary(max_size=200).map(lambda b: b"\x80\x02" + b),
+                         mutated(valid_cifar_batches()))
+
+
+@FUZZ
+@given(content=CIFAR_INPUTS)
+def test_fuzzed_cifar_batches_give_arrays_or_a_one_line_error(tmp_path, content):
+    path = write_batch(tmp_path / "data_batch_1", content)
+    try:
+        batch = load_batch(path)
+    except UserError as exc:
+        assert "\n" not in str(exc) and str(path) in str(exc)
+    else:
+        assert isinstance(batch, dict)
+    try:
+        images, labels = read_cifar_split([path], "labels", 10)
+    except UserError as exc:
+        assert "\n" not in str(exc) and str(path) in str(exc)
+    else:
+        assert images.shape[1:] == (3, 32, 32) and labels.dtype == torch.int64
+        assert len(labels) == len(images) and ((labels >= 0) & (labels < 10)).all()
