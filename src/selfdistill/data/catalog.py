@@ -151,18 +151,40 @@ def load_dataset(cfg: DataConfig | str, seed: int = 0) -> ImageDataset:
         raise UserError.bad_value("data.dataset", cfg.dataset, ", ".join(DATASETS))
     info = DATASETS[cfg.dataset]
     train_x, train_y, test_x, test_y, num_classes = info.load(cfg)
+    _check_splits(cfg.dataset, train_x, test_x)
     if cfg.validation_split is not None:
-        held = balanced_subset(train_y, cfg.validation_split, num_classes, torch.Generator().manual_seed(99991))
+        held = balanced_subset(train_y, cfg.validation_split, num_classes, torch.Generator().manual_seed(99991),
+                               "data.validation_split", keep_per_class=1, null_means="no validation split")
         keep = torch.ones(len(train_y), dtype=torch.bool)
         keep[held] = False
         (test_x, test_y), (train_x, train_y) = (train_x[held], train_y[held]), (train_x[keep], train_y[keep])
-    if cfg.train_subset is not None and cfg.train_subset < len(train_y):
-        keep = balanced_subset(train_y, cfg.train_subset, num_classes, torch.Generator().manual_seed(seed + 7919))
+    if cfg.train_subset is not None:
+        keep = balanced_subset(train_y, cfg.train_subset, num_classes, _generator(seed + 7919))
         train_x, train_y = train_x[keep], train_y[keep]
     clean = None
     if cfg.label_noise > 0:
         clean = train_y
-        train_y = symmetric_noise(train_y, cfg.label_noise, num_classes, torch.Generator().manual_seed(seed + 104729))
+        train_y = symmetric_noise(train_y, cfg.label_noise, num_classes, _generator(seed + 104729))
     mean, std = (info.mean, info.std) if info.mean is not None else channel_stats(train_x)
     return ImageDataset(cfg.dataset, train_x.contiguous(), train_y, test_x.contiguous(), test_y, num_classes,
                         tuple(mean), tuple(std), info.augment, clean)
+
+
+def _generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` wrapped into [0, 2**63), so that every run seed works; a seed
+    already in that range is used as it is (the subsets and noisy labels of recorded runs stay the same)."""
+    return torch.Generator().manual_seed(seed % 2**63)
+
+
+def _check_splits(name: str, train_x: torch.Tensor, test_x: torch.Tensor) -> None:
+    """Refuse a dataset without training or test images, or whose two splits differ in image shape."""
+    for images, split in ((train_x, "training"), (test_x, "test")):
+        if len(images) == 0:
+            raise UserError(f"dataset {name} has no {split} images; check its files")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise UserError(f"dataset {name}: the test images are {_image_shape(test_x)} but the training images are "
+                        f"{_image_shape(train_x)} (channels x height x width); both splits must have the same shape")
+
+
+def _image_shape(images: torch.Tensor) -> str:
+    return "x".join(str(d) for d in images.shape[1:])
