@@ -411,3 +411,178 @@ def test_seeds_up_to_the_largest_work(tmp_path, seed):
     data = load_dataset(idx_config(tmp_path, train_subset=30, label_noise=0.5), seed)
     again = load_dataset(idx_config(tmp_path, train_subset=30, label_noise=0.5), seed)
     assert len(data.train_labels) == 30 and torch.equal(data.train_labels, again.train_labels)
+
+
+# ----------------------------------------------------------------------------- --data-dir
+def refuse_downloads(monkeypatch):
+    def urlopen(*args, **kwargs):
+        raise AssertionError("nothing may be downloaded")
+    monkeypatch.setattr("urllib.request.urlopen", urlopen)
+
+
+def test_a_data_dir_that_is_a_file_is_refused_before_any_download(tmp_path, monkeypatch):
+    refuse_downloads(monkeypatch)
+    not_a_dir = tmp_path / "data.txt"
+    not_a_dir.write_text("a file")
+    message = one_line_error(lambda: load_dataset(DataConfig(dataset="mnist", data_dir=str(not_a_dir))),
+                             f"--data-dir (data.data_dir) {not_a_dir} is not a directory")
+    assert "mnist" in message and not_a_dir.read_text() == "a file"
+
+
+def test_a_missing_data_dir_without_download_is_refused(tmp_path, monkeypatch):
+    refuse_downloads(monkeypatch)
+    missing = tmp_path / "nowhere"
+    one_line_error(lambda: load_dataset(DataConfig(dataset="cifar10", data_dir=str(missing), download=False)),
+                   f"{missing} does not exist", "downloading is off")
+    one_line_error(lambda: load_dataset(DataConfig(dataset="tiny-imagenet", data_dir=str(missing))),
+                   f"{missing} does not exist", "no public download")
+    assert not missing.exists()
+
+
+def test_an_unreadable_data_root_is_one_line(tmp_path, monkeypatch):
+    """Tests run as root, so permission denied is simulated."""
+    make_idx_root(tmp_path / "root")
+    real_is_file = Path.is_file
+
+    def is_file(self):
+        if str(self).startswith(str(tmp_path / "root")):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+    monkeypatch.setattr(Path, "is_file", is_file)
+    one_line_error(lambda: load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path / "root"))),
+                   tmp_path / "root" / "mnist", "Permission denied")
+
+
+# ----------------------------------------------------------------------------- manifests
+@pytest.mark.parametrize("manifest", ["binary", "latin1", "directory", "dangling_link"])
+def test_a_manifest_that_is_not_a_text_file_is_refused(tmp_path, manifest):
+    make_idx_root(tmp_path)
+    path = tmp_path / "mnist" / "SHA256SUMS"
+    if manifest == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif manifest == "latin1":
+        path.write_bytes(f"{'0' * 64}  caf\xe9\n".encode("latin1"))
+    elif manifest == "directory":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "missing")
+    one_line_error(lambda: load_dataset(DataConfig(dataset="mnist", data_dir=str(tmp_path), download=False)), path)
+
+
+# ----------------------------------------------------------------------------- downloads
+def serve(monkeypatch, payloads: dict[str, bytes]) -> list[str]:
+    """Answer ``urlopen`` from ``payloads`` (no network); returns the list of URLs asked for."""
+    asked = []
+
+    def urlopen(url, timeout=None):
+        asked.append(url)
+        return io.BytesIO(payloads[url])
+    monkeypatch.setattr("urllib.request.urlopen", urlopen)
+    return asked
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def single_file_source(payload: bytes) -> Source:
+    digest = hashlib.sha256(payload).hexdigest()
+    return Source("thing", ("x.bin",), (Download("https://example.invalid/x.bin", digest),))
+
+
+def tar_source(archive: bytes) -> Source:
+    return Source("pack", ("a.bin", "b.bin"),
+                  (Download("https://example.invalid/pack.tar.gz", hashlib.sha256(archive).hexdigest(), "tar"),))
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    path = tmp_path / "outside.txt"
+    path.write_text("precious")
+    return path
+
+
+def test_a_download_does_not_follow_a_symlink_at_the_old_partial_name(tmp_path, monkeypatch, outside):
+    serve(monkeypatch, {"https://example.invalid/x.bin": b"payload"})
+    (tmp_path / "root" / "thing").mkdir(parents=True)
+    (tmp_path / "root" / "thing" / ".x.bin.part").symlink_to(outside)
+    found = locate(single_file_source(b"payload"), str(tmp_path / "root"), download=True)
+    assert found["x.bin"].read_bytes() == b"payload" and outside.read_text() == "precious"
+    assert not [p for p in (tmp_path / "root" / "thing").iterdir() if p.name.endswith(".part") and not p.is_symlink()]
+
+
+def test_a_download_replaces_a_symlink_at_the_target_instead_of_following_it(tmp_path, monkeypatch, outside):
+    serve(monkeypatch, {"https://example.invalid/x.bin": b"payload"})
+    (tmp_path / "root" / "thing").mkdir(parents=True)
+    (tmp_path / "root" / "thing" / "x.bin").symlink_to(tmp_path / "dangling")  # not found, so downloaded
+    found = locate(single_file_source(b"payload"), str(tmp_path / "root"), download=True)
+    assert found["x.bin"].read_bytes() == b"payload" and not found["x.bin"].is_symlink()
+
+
+def test_a_download_does_not_append_to_a_symlinked_manifest(tmp_path, monkeypatch, outside):
+    serve(monkeypatch, {"https://example.invalid/x.bin": b"payload"})
+    (tmp_path / "root" / "thing").mkdir(parents=True)
+    manifest = tmp_path / "root" / "thing" / "SHA256SUMS"
+    manifest.symlink_to(outside)
+    locate(single_file_source(b"payload"), str(tmp_path / "root"), download=True)
+    assert outside.read_text() == "precious"
+    assert not manifest.is_symlink() and hashlib.sha256(b"payload").hexdigest() in manifest.read_text()
+
+
+def test_a_download_keeps_the_entries_of_an_existing_manifest(tmp_path, monkeypatch):
+    serve(monkeypatch, {"https://example.invalid/x.bin": b"payload"})
+    (tmp_path / "root" / "thing").mkdir(parents=True)
+    manifest = tmp_path / "root" / "thing" / "SHA256SUMS"
+    manifest.write_text(f"{'a' * 64}  other.bin\n")
+    locate(single_file_source(b"payload"), str(tmp_path / "root"), download=True)
+    assert manifest.read_text() == f"{'a' * 64}  other.bin\n{hashlib.sha256(b'payload').hexdigest()}  x.bin\n"
+
+
+def test_unpacking_replaces_a_symlinked_file_instead_of_writing_through_it(tmp_path, monkeypatch, outside):
+    archive = tar_of({"pack/a.bin": b"A", "pack/b.bin": b"B", "../escape.bin": b"E", "/abs.bin": b"X"})
+    serve(monkeypatch, {"https://example.invalid/pack.tar.gz": archive})
+    (tmp_path / "root" / "pack").mkdir(parents=True)
+    (tmp_path / "root" / "pack" / "a.bin").symlink_to(outside)
+    (tmp_path / "root" / "pack" / "b.bin").symlink_to(tmp_path / "dangling")
+    found = locate(tar_source(archive), str(tmp_path / "root"), download=True)
+    assert outside.read_text() == "precious" and not (tmp_path / "escape.bin").exists()
+    assert found["a.bin"].read_bytes() == b"A" and not found["a.bin"].is_symlink()
+    assert sorted(p.name for p in (tmp_path / "root" / "pack").iterdir()) == ["SHA256SUMS", "a.bin", "b.bin"]
+
+
+def test_unpacking_refuses_a_symlinked_folder_inside_the_root(tmp_path, monkeypatch):
+    archive = tar_of({"pack/a.bin": b"A", "pack/b.bin": b"B"})
+    serve(monkeypatch, {"https://example.invalid/pack.tar.gz": archive})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "pack").symlink_to(elsewhere)
+    one_line_error(lambda: locate(tar_source(archive), str(tmp_path / "root"), download=True),
+                   tmp_path / "root" / "pack", "symbolic link")
+    assert not list(elsewhere.iterdir())
+
+
+def test_a_download_cut_short_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    class Cut(io.BytesIO):
+        def read(self, *args):
+            raise http.client.IncompleteRead(b"par", 100)
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout=None: Cut())
+    one_line_error(lambda: locate(single_file_source(b"payload"), str(tmp_path / "root"), download=True),
+                   "could not download https://example.invalid/x.bin")
+    assert not (tmp_path / "root" / "thing").exists()
+
+
+def test_a_cifar_download_with_a_mismatching_checksum_keeps_nothing(tmp_path, monkeypatch):
+    archive = tar_of({"cifar-10-batches-py/data_batch_1": b"x"})
+    serve(monkeypatch, {"https://example.invalid/c.tar.gz": archive})
+    monkeypatch.setitem(SOURCES, "cifar10", Source("cifar-10-batches-py", SOURCES["cifar10"].files,
+                                                   (Download("https://example.invalid/c.tar.gz", "0" * 64, "tar"),)))
+    one_line_error(lambda: load_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path / "root"))),
+                   "checksum mismatch")
+    assert not (tmp_path / "root" / "cifar-10-batches-py").exists()
