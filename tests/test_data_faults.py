@@ -586,3 +586,179 @@ def test_a_cifar_download_with_a_mismatching_checksum_keeps_nothing(tmp_path, mo
     one_line_error(lambda: load_dataset(DataConfig(dataset="cifar10", data_dir=str(tmp_path / "root"))),
                    "checksum mismatch")
     assert not (tmp_path / "root" / "cifar-10-batches-py").exists()
+
+
+# ----------------------------------------------------------------------------- image folders
+RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
+
+
+def make_generic_folder(root: Path, size=16) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name, colour in (("cat", RED), ("dog", BLUE)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (size, size), colour).save(root / split / name / f"{i}.png")
+    return root
+
+
+def make_tiny_folder(root: Path, annotations: str) -> Path:
+    from PIL import Image
+
+    for name, colour in (("n01", RED), ("n02", BLUE)):
+        (root / "train" / name / "images").mkdir(parents=True)
+        Image.new("RGB", (16, 16), colour).save(root / "train" / name / "images" / f"{name}_0.JPEG")
+    (root / "val" / "images").mkdir(parents=True)
+    Image.new("RGB", (16, 16), BLUE).save(root / "val" / "images" / "val_0.JPEG")
+    (root / "val" / "val_annotations.txt").write_text(annotations)
+    return root
+
+
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch) -> Path:
+    """The user cache, in a folder that does not exist yet."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg" / "not" / "yet"))
+    return tmp_path / "xdg" / "not" / "yet" / "selfdistill" / "decoded"
+
+
+def test_replacing_an_image_under_the_same_name_decodes_it_again(tmp_path, cache_home):
+    from PIL import Image
+
+    root = make_generic_folder(tmp_path / "images")
+    train_x, train_y, *_ = read_image_folder(root, 8)
+    assert train_x[0, :, 0, 0].tolist() == list(RED) and len(list(cache_home.glob("*.pt"))) == 1
+    image = root / "train" / "cat" / "0.png"
+    before = image.stat()
+    Image.new("RGB", (16, 16), GREEN).save(image)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    train_x, *_ = read_image_folder(root, 8)
+    assert train_x[0, :, 0, 0].tolist() == list(GREEN) and train_x[1, :, 0, 0].tolist() == list(RED)
+    assert len(list(cache_home.glob("*.pt"))) == 2
+    again, *_ = read_image_folder(root, 8)  # from the new cache entry
+    assert torch.equal(again, train_x)
+
+
+def test_the_cache_is_not_written_through_a_symlink_at_a_predictable_name(tmp_path, cache_home):
+    root = make_generic_folder(tmp_path / "images")
+    read_image_folder(root, 8)
+    (cache,) = cache_home.glob("*.pt")
+    cache.unlink()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    cache.with_suffix(".tmp").symlink_to(outside)
+    read_image_folder(root, 8)
+    assert outside.read_text() == "precious"
+    assert cache.is_file() and not cache.is_symlink()
+    assert not fileio.stale_temporaries(cache_home)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "wrong_keys", "wrong_shape", "wrong_labels",
+                                    "not_a_dict", "folder"])
+def test_a_corrupt_cache_names_the_file_and_says_to_delete_it(tmp_path, cache_home, damage):
+    root = make_generic_folder(tmp_path / "images")
+    train_x, train_y, val_x, val_y, _ = read_image_folder(root, 8)
+    (cache,) = cache_home.glob("*.pt")
+    good = {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    elif damage == "garbage":
+        cache.write_bytes(os.urandom(4096))
+    elif damage == "empty":
+        cache.write_bytes(b"")
+    elif damage == "folder":
+        cache.unlink()
+        cache.mkdir()
+    else:
+        bad = {"wrong_keys": {"images": train_x}, "wrong_shape": {**good, "train_x": train_x[:, :, :4]},
+               "wrong_labels": {**good, "train_y": 1 - train_y}, "not_a_dict": [train_x]}[damage]
+        torch.save(bad, cache)
+    one_line_error(lambda: read_image_folder(root, 8), f"decoded-image cache {cache} is corrupt; delete it")
+
+
+def test_an_unwritable_cache_only_warns(tmp_path, monkeypatch, capsys):
+    root = make_generic_folder(tmp_path / "images")
+    (tmp_path / "home-file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-file"))  # the cache folder cannot be created
+    train_x, *_ = read_image_folder(root, 8)
+    assert train_x.shape == (4, 3, 8, 8)
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("warning: cannot write the decoded-image cache") and "\n" not in warning
+
+
+def test_a_full_disk_while_writing_the_cache_only_warns(tmp_path, cache_home, monkeypatch, capsys):
+    root = make_generic_folder(tmp_path / "images")
+
+    def full(fd, chunk):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(fileio, "_write_chunk", full)
+    train_x, *_ = read_image_folder(root, 8)
+    assert train_x.shape == (4, 3, 8, 8)
+    assert "No space left on device" in capsys.readouterr().err
+    assert not list(cache_home.iterdir())  # no temporary file left behind
+
+
+def test_a_decompression_bomb_names_the_image(tmp_path, cache_home, monkeypatch):
+    from PIL import Image
+
+    root = make_generic_folder(tmp_path / "images")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # 16 x 16 images are now over twice the limit
+    one_line_error(lambda: read_image_folder(root, 8), root / "train" / "cat" / "0.png", "DecompressionBombError")
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", "png_truncated", "jpeg_truncated",
+                                     b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"GIF89a" + b"\xff" * 20,
+                                     b"BM" + b"\xff" * 60])
+def test_undecodable_images_name_the_file(tmp_path, cache_home, content):
+    root = make_generic_folder(tmp_path / "images")
+    broken = root / "val" / "dog" / "1.png"
+    if content == "png_truncated":
+        content = broken.read_bytes()[:60]
+    elif content == "jpeg_truncated":
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), BLUE).save(buffer, "JPEG")
+        content = buffer.getvalue()[:200]
+    broken.write_bytes(content)
+    one_line_error(lambda: read_image_folder(root, 8), broken)
+
+
+@pytest.mark.parametrize("name", ["../../x.JPEG", "../images/../../x.JPEG", "ABSOLUTE", "sub/val_0.JPEG", "..",
+                                  ".", "", "..\\x.JPEG"])
+def test_annotations_may_name_only_plain_files_in_val_images(tmp_path, cache_home, name):
+    from PIL import Image
+
+    outside = tmp_path / "x.JPEG"
+    Image.new("RGB", (16, 16), GREEN).save(outside)  # what an escaping path would reach
+    name = str(outside) if name == "ABSOLUTE" else name
+    root = make_tiny_folder(tmp_path / "tiny", f"val_0.JPEG\tn02\t0\t0\t16\t16\n{name}\tn01\t0\t0\t16\t16\n")
+    (root / "val" / "images" / "sub").mkdir()
+    Image.new("RGB", (16, 16), GREEN).save(root / "val" / "images" / "sub" / "val_0.JPEG")
+    one_line_error(lambda: read_image_folder(root, 8), root / "val" / "val_annotations.txt", "line 2",
+                   "not a plain file name")
+
+
+def test_annotations_that_are_not_text_name_the_file(tmp_path, cache_home):
+    root = make_tiny_folder(tmp_path / "tiny", "")
+    (root / "val" / "val_annotations.txt").write_bytes(b"val_0.JPEG\t\xff\xfe\n")
+    one_line_error(lambda: read_image_folder(root, 8), root / "val" / "val_annotations.txt", "UTF-8")
+
+
+def test_changed_annotations_are_a_new_cache_entry(tmp_path, cache_home):
+    root = make_tiny_folder(tmp_path / "tiny", "val_0.JPEG\tn02\t0\t0\t16\t16\n")
+    assert read_image_folder(root, 8)[3].tolist() == [1]
+    (root / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01\t0\t0\t16\t16\n")
+    assert read_image_folder(root, 8)[3].tolist() == [0]
+
+
+def test_an_unreadable_image_folder_is_one_line(tmp_path, cache_home, monkeypatch):
+    root = make_generic_folder(tmp_path / "images")
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == root / "train":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    one_line_error(lambda: read_image_folder(root, 8), root, "Permission denied")
