@@ -54,14 +54,21 @@ SOURCES = {
 }
 
 
+def _read_idx_split(images_path: Path, labels_path: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, H, W) images and int64 labels of one split; the two files must agree, labels be < num_classes."""
+    images, labels = read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1)
+    if len(images) != len(labels):
+        raise UserError(f"IDX files disagree: {images_path} holds {len(images)} images but {labels_path} holds "
+                        f"{len(labels)} labels")
+    if int(labels.max()) >= num_classes:
+        raise UserError(f"data file {labels_path} holds the label {int(labels.max())}; allowed: 0 to {num_classes - 1}")
+    return images[:, None], labels.long()
+
+
 def _read_idx_set(files: dict[str, Path], num_classes: int = 10) -> Arrays:
-    train_x, train_y, test_x, test_y = (read_idx(files[name]) for name in IDX_FILES)
-    for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
-        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-            raise UserError(f"{split} IDX files disagree: images {tuple(images.shape)}, labels {tuple(labels.shape)}")
-        if int(labels.max()) >= num_classes:
-            raise UserError(f"{split} labels go up to {int(labels.max())}, expected < {num_classes}")
-    return train_x[:, None], train_y.long(), test_x[:, None], test_y.long(), num_classes
+    train_x, train_y = _read_idx_split(files[IDX_FILES[0]], files[IDX_FILES[1]], num_classes)
+    test_x, test_y = _read_idx_split(files[IDX_FILES[2]], files[IDX_FILES[3]], num_classes)
+    return train_x, train_y, test_x, test_y, num_classes
 
 
 def _idx(name: str) -> Callable[[DataConfig], Arrays]:
@@ -81,10 +88,8 @@ def _cifar(name: str, label_key: str, num_classes: int) -> Callable[[DataConfig]
     def load(cfg: DataConfig) -> Arrays:
         source = SOURCES[name]
         files = locate(source, cfg.data_dir, cfg.download)
-        train_x, train_y = read_cifar_split([files[f] for f in source.files[:-1]], label_key)
-        test_x, test_y = read_cifar_split([files[source.files[-1]]], label_key)
-        if int(max(train_y.max(), test_y.max())) >= num_classes:
-            raise UserError(f"{name} labels exceed {num_classes - 1}")
+        train_x, train_y = read_cifar_split([files[f] for f in source.files[:-1]], label_key, num_classes)
+        test_x, test_y = read_cifar_split([files[source.files[-1]]], label_key, num_classes)
         return train_x, train_y, test_x, test_y, num_classes
     return load
 
@@ -146,18 +151,40 @@ def load_dataset(cfg: DataConfig | str, seed: int = 0) -> ImageDataset:
         raise UserError.bad_value("data.dataset", cfg.dataset, ", ".join(DATASETS))
     info = DATASETS[cfg.dataset]
     train_x, train_y, test_x, test_y, num_classes = info.load(cfg)
+    _check_splits(cfg.dataset, train_x, test_x)
     if cfg.validation_split is not None:
-        held = balanced_subset(train_y, cfg.validation_split, num_classes, torch.Generator().manual_seed(99991))
+        held = balanced_subset(train_y, cfg.validation_split, num_classes, torch.Generator().manual_seed(99991),
+                               "data.validation_split", keep_per_class=1, null_means="no validation split")
         keep = torch.ones(len(train_y), dtype=torch.bool)
         keep[held] = False
         (test_x, test_y), (train_x, train_y) = (train_x[held], train_y[held]), (train_x[keep], train_y[keep])
-    if cfg.train_subset is not None and cfg.train_subset < len(train_y):
-        keep = balanced_subset(train_y, cfg.train_subset, num_classes, torch.Generator().manual_seed(seed + 7919))
+    if cfg.train_subset is not None:
+        keep = balanced_subset(train_y, cfg.train_subset, num_classes, _generator(seed + 7919))
         train_x, train_y = train_x[keep], train_y[keep]
     clean = None
     if cfg.label_noise > 0:
         clean = train_y
-        train_y = symmetric_noise(train_y, cfg.label_noise, num_classes, torch.Generator().manual_seed(seed + 104729))
+        train_y = symmetric_noise(train_y, cfg.label_noise, num_classes, _generator(seed + 104729))
     mean, std = (info.mean, info.std) if info.mean is not None else channel_stats(train_x)
     return ImageDataset(cfg.dataset, train_x.contiguous(), train_y, test_x.contiguous(), test_y, num_classes,
                         tuple(mean), tuple(std), info.augment, clean)
+
+
+def _generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` wrapped into [0, 2**63), so that every run seed works; a seed
+    already in that range is used as it is (the subsets and noisy labels of recorded runs stay the same)."""
+    return torch.Generator().manual_seed(seed % 2**63)
+
+
+def _check_splits(name: str, train_x: torch.Tensor, test_x: torch.Tensor) -> None:
+    """Refuse a dataset without training or test images, or whose two splits differ in image shape."""
+    for images, split in ((train_x, "training"), (test_x, "test")):
+        if len(images) == 0:
+            raise UserError(f"dataset {name} has no {split} images; check its files")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise UserError(f"dataset {name}: the test images are {_image_shape(test_x)} but the training images are "
+                        f"{_image_shape(train_x)} (channels x height x width); both splits must have the same shape")
+
+
+def _image_shape(images: torch.Tensor) -> str:
+    return "x".join(str(d) for d in images.shape[1:])

@@ -20,15 +20,17 @@ later loads verify them too. Offline, this fails with one line that says where t
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
-import shutil
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
+from ..fileio import atomic_write_bytes, atomic_write_text
 
 MANIFEST = "SHA256SUMS"
 
@@ -69,6 +71,10 @@ def data_roots(data_dir: str | None) -> list[Path]:
 def locate(source: Source, data_dir: str | None, download: bool) -> dict[str, Path]:
     """Return ``{file name: verified path}`` for every file of ``source``, downloading if allowed."""
     roots = data_roots(data_dir)
+    can_download = download and bool(source.downloads)
+    why = "downloading is off" if source.downloads else "this dataset has no public download"
+    if data_dir:
+        _check_data_dir(roots[0], source, can_download, why)
     for root in roots:
         found = _find_files(root / source.folder, source)
         if found is not None:
@@ -76,8 +82,7 @@ def locate(source: Source, data_dir: str | None, download: bool) -> dict[str, Pa
             return found
     searched = ", ".join(str(r / source.folder) for r in roots)
     hint = f"put {', '.join(source.files)} in one of: {searched} (or point --data-dir / SELFDISTILL_DATA at a root)"
-    if not (download and source.downloads):
-        why = "downloading is off" if source.downloads else "this dataset has no public download"
+    if not can_download:
         raise UserError(f"dataset files not found ({why}); {hint}")
     target = roots[0] if data_dir else user_cache()
     fetch(source, target)
@@ -88,17 +93,41 @@ def locate(source: Source, data_dir: str | None, download: bool) -> dict[str, Pa
     return found
 
 
+def _check_data_dir(root: Path, source: Source, can_download: bool, why: str) -> None:
+    """Refuse a ``--data-dir`` that is not a directory, or that does not exist when nothing can be downloaded
+    into it; checked before any download so that nothing is written to a wrong path."""
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+    except OSError as exc:
+        raise UserError(f"--data-dir (data.data_dir) {root} cannot be read ({_why(exc)})") from None
+    if exists and not is_dir:
+        raise UserError(f"--data-dir (data.data_dir) {root} is not a directory; point it at a data root, the folder "
+                        f"that holds (or will receive) {source.folder}/")
+    if not exists and not can_download:
+        raise UserError(f"--data-dir (data.data_dir) {root} does not exist and {why}; create it and put "
+                        f"{', '.join(source.files)} in {root / source.folder}, or fix the path")
+
+
 def _find_files(folder: Path, source: Source) -> dict[str, Path] | None:
+    """The paths of all the files of ``source`` in ``folder``, or None if one is missing."""
     found = {}
-    for name in source.files:
-        candidates = [folder / name]
-        if source.compressed_alternative:
-            candidates.append(folder / (name[:-3] if name.endswith(".gz") else name + ".gz"))
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            return None
-        found[name] = path
+    try:
+        for name in source.files:
+            candidates = [folder / name]
+            if source.compressed_alternative:
+                candidates.append(folder / (name[:-3] if name.endswith(".gz") else name + ".gz"))
+            path = next((c for c in candidates if c.is_file()), None)
+            if path is None:
+                return None
+            found[name] = path
+    except OSError as exc:  # e.g. permission denied on the folder
+        raise UserError(f"data folder {folder} cannot be read ({_why(exc)})") from None
     return found
+
+
+def _why(exc: OSError) -> str:
+    """The reason an operating-system call failed, without the path (the message names it already)."""
+    return one_line(exc.strerror or exc)
 
 
 # ----------------------------------------------------------------------------- verification
@@ -111,9 +140,23 @@ def sha256_of(path: Path) -> str:
 
 
 def read_manifest(path: Path) -> dict[str, str]:
-    """Parse a ``sha256sum``-style manifest into ``{relative path: hex digest}``."""
+    """Parse a ``sha256sum``-style manifest into ``{relative path: hex digest}``.
+
+    A manifest that is not a UTF-8 text file (a folder, binary data) is refused rather than skipped, as
+    it would otherwise silently check nothing.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+        if "\0" in text:
+            raise UnicodeError("a NUL byte")
+    except UnicodeError:
+        raise UserError(f"checksum manifest {path} is not a text file; it must hold lines '<sha256>  <file>' as "
+                        "sha256sum writes them (or be deleted)") from None
+    except OSError as exc:
+        raise UserError(f"checksum manifest {path} cannot be read ({_why(exc)}); it must be a text file as "
+                        "sha256sum writes it") from None
     entries = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         parts = line.strip().split(maxsplit=1)
         if len(parts) == 2 and len(parts[0]) == 64:
             entries[parts[1].lstrip("*").strip()] = parts[0].lower()
@@ -124,14 +167,21 @@ def verify(root: Path, folder: str, files: dict[str, Path]) -> None:
     """Check every file against the root's and the folder's manifests, where they list it."""
     manifests = [(root / MANIFEST, f"{folder}/"), (root / folder / MANIFEST, "")]
     for manifest, prefix in manifests:
-        if not manifest.is_file():
+        if not (manifest.exists() or manifest.is_symlink()):
             continue
         expected = read_manifest(manifest)
         for path in files.values():
             key = prefix + path.name
-            if key in expected and sha256_of(path) != expected[key]:
+            if key in expected and _checksum(path) != expected[key]:
                 raise UserError(f"checksum mismatch for {path}: it does not match {manifest}; the file is corrupt "
                                 "or was replaced (delete it to download again)")
+
+
+def _checksum(path: Path) -> str:
+    try:
+        return sha256_of(path)
+    except OSError as exc:
+        raise UserError(f"data file {path} cannot be read ({_why(exc)})") from None
 
 
 # ----------------------------------------------------------------------------- download
@@ -139,7 +189,11 @@ def fetch(source: Source, root: Path) -> None:
     """Download, verify and unpack ``source`` into ``root / source.folder``."""
     folder = root / source.folder
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {folder} to download into ({_why(exc)}); point --data-dir or "
+                        "SELFDISTILL_DATA at a writable folder") from None
     try:
         for item in source.downloads:
             _fetch_one(item, folder, root)
@@ -150,50 +204,94 @@ def fetch(source: Source, root: Path) -> None:
 
 
 def _fetch_one(item: Download, folder: Path, root: Path) -> None:
-    """Download one file, check its SHA-256, then move or unpack it into place."""
+    """Download one file, check its SHA-256, then move or unpack it into place.
+
+    The download goes to a fresh ``mkstemp`` file in ``folder`` (a random name, created exclusively,
+    so nothing planted at a predictable name is followed), which is removed whatever happens.
+    """
     name = item.url.rsplit("/", 1)[-1]
-    partial = folder / f".{name}.part"
     try:
-        print(f"downloading {item.url} -> {folder}", flush=True)
-        with urllib.request.urlopen(item.url, timeout=60) as response, partial.open("wb") as out:
-            shutil.copyfileobj(response, out, 1 << 20)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        partial.unlink(missing_ok=True)
+        fd, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    except OSError as exc:
+        raise UserError(f"cannot write into {folder} ({_why(exc)}); point --data-dir or SELFDISTILL_DATA at a "
+                        "writable folder") from None
+    try:
+        actual = _download(item.url, fd, folder)
+        if actual != item.sha256:
+            raise UserError(f"checksum mismatch for {item.url}: got sha256 {actual}, expected {item.sha256}; "
+                            "nothing was kept")
+        if item.unpack == "tar":
+            written = _untar(Path(partial), root)
+        else:
+            os.replace(partial, folder / name)  # replaces a symlink planted there, never follows it
+            written = [folder / name]
+        _update_manifest(folder, written)
+    except OSError as exc:
+        raise UserError(f"could not store the download of {item.url} in {folder} ({_why(exc)})") from None
+    finally:
+        Path(partial).unlink(missing_ok=True)
+
+
+def _download(url: str, fd: int, folder: Path) -> str:
+    """Stream ``url`` into the open file ``fd`` (closed here) and return the SHA-256 of what was written."""
+    digest = hashlib.sha256()
+    try:
+        print(f"downloading {url} -> {folder}", flush=True)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UserError(f"could not download {item.url} ({reason}); put the files in {folder} instead, "
+        raise UserError(f"could not download {url} ({one_line(reason)}); put the files in {folder} instead, "
                         "or point --data-dir / SELFDISTILL_DATA at a folder that has them") from None
-    actual = sha256_of(partial)
-    if actual != item.sha256:
-        partial.unlink()
-        raise UserError(f"checksum mismatch for {item.url}: got sha256 {actual}, expected {item.sha256}; "
-                        "nothing was kept")
-    if item.unpack == "tar":
-        written = _untar(partial, root)
-        partial.unlink()
-    else:
-        final = folder / name
-        os.replace(partial, final)
-        written = [final]
-    _append_manifest(folder, written)
+    return digest.hexdigest()
 
 
 def _untar(archive: Path, root: Path) -> list[Path]:
-    """Unpack regular files only, refusing absolute paths and '..' (a verified archive, still checked)."""
+    """Unpack the regular files of a (verified) archive below ``root``.
+
+    Member names that are absolute or contain '..' are skipped, and nothing is written through a
+    symbolic link below ``root``: a linked folder on the way is refused, and each file is written to a
+    fresh temporary file renamed over the target, which replaces a link there instead of following it.
+    """
     written = []
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tar.getmembers():
-            target = (root / member.name).resolve()
-            if not member.isfile() or root.resolve() not in target.parents:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(member) as src, target.open("wb") as dst:  # type: ignore[union-attr]
-                shutil.copyfileobj(src, dst)
-            written.append(target)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar.getmembers():
+                parts = [p for p in member.name.split("/") if p not in ("", ".")]
+                if not member.isfile() or not parts or member.name.startswith("/") or ".." in parts:
+                    continue
+                target = _unpack_folder(root, parts[:-1]) / parts[-1]
+                with tar.extractfile(member) as src:  # type: ignore[union-attr]
+                    atomic_write_bytes(target, src.read())
+                written.append(target)
+    except tarfile.TarError as exc:
+        raise UserError(f"the downloaded archive cannot be unpacked ({one_line(exc)})") from None
     return written
 
 
-def _append_manifest(folder: Path, files: list[Path]) -> None:
-    lines = [f"{sha256_of(p)}  {p.relative_to(folder)}" for p in files if p.parent == folder]
-    with (folder / MANIFEST).open("a") as handle:
-        handle.write("".join(line + "\n" for line in lines))
+def _unpack_folder(root: Path, parts: list[str]) -> Path:
+    """``root / parts``, made where missing; refused if any folder on the way below ``root`` is a symlink."""
+    folder = root
+    for part in parts:
+        folder = folder / part
+        if folder.is_symlink():
+            raise UserError(f"refusing to unpack into {folder}: it is a symbolic link (remove it, or point "
+                            "--data-dir / SELFDISTILL_DATA elsewhere)")
+        folder.mkdir(exist_ok=True)
+    return folder
 
+
+def _update_manifest(folder: Path, files: list[Path]) -> None:
+    """Record the SHA-256 of the downloaded files in ``folder``'s manifest, so that later loads verify them.
+
+    The manifest is rewritten atomically (a symlink planted in its place is replaced, never followed),
+    keeping the entries of an existing regular manifest.
+    """
+    manifest = folder / MANIFEST
+    entries = read_manifest(manifest) if manifest.is_file() and not manifest.is_symlink() else {}
+    entries.update({str(p.relative_to(folder)): sha256_of(p) for p in files if p.parent == folder})
+    atomic_write_text(manifest, "".join(f"{digest}  {name}\n" for name, digest in entries.items()))
