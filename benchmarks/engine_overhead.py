@@ -64,7 +64,7 @@ def main() -> None:
         data = load_dataset(config.data, 0)
     except UserError:
         layer["data"]["dataset"] = "fashion-mnist-mini"
-        layer["data"]["train_subset"] = min(args.images, 6000)
+        layer["data"]["train_subset"] = args.images if args.images < 6000 else None  # the whole bundled slice
         config = resolve([layer])
         data = load_dataset(config.data, 0)
     trainer = Trainer(config, dataset=data)

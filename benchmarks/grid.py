@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from selfdistill.report import load_run
+from selfdistill.report import eval_metric, load_run
 
 
 @dataclass(frozen=True)
@@ -111,15 +111,16 @@ def table(grid: Grid, baseline: str = "ce") -> str:
             if not runs:
                 continue
             r = list(runs.values())
-            paired = [runs[s]["test_top1"] - base[s]["test_top1"] for s in runs if s in base]
+            paired = [eval_metric(runs[s], "top1") - eval_metric(base[s], "top1") for s in runs if s in base]
             delta = fmt(paired, 2) if variant.name != baseline and paired else "—"
             speed = f"{statistics.fmean(x['images_per_s'] for x in r) / base_speed:.2f}" if base_speed else "—"
             time = f"{statistics.fmean(x['train_s'] for x in r) / base_time:.2f}" if base_time else "—"
             lines.append(
                 f"| {model} | {noise:g} | {variant.name} | {r[0]['epochs']} | "
                 f"{statistics.fmean(x['train_images_seen'] for x in r) / 1e6:.2f} | {len(r)} | "
-                f"{fmt([x['test_top1'] for x in r], 2)} | {delta} | {fmt([x['test_nll'] for x in r], 3)} | "
-                f"{fmt([x['test_ece'] for x in r], 2)} | {speed} | {time} | "
+                f"{fmt([eval_metric(x, 'top1') for x in r], 2)} | {delta} | "
+                f"{fmt([eval_metric(x, 'nll') for x in r], 3)} | {fmt([eval_metric(x, 'ece') for x in r], 2)} | "
+                f"{speed} | {time} | "
                 f"{r[0].get('extra_parameters', 0):,} | {max(x.get('peak_memory_mb', 0) for x in r):.0f} |")
     return "\n".join(lines)
 

@@ -1,83 +1,164 @@
-"""The command line: listing, one-line errors with exit code 2, a real run, divergence."""
+"""The command line: listings, help, hints, one-line errors, what a run says while it trains, TensorBoard,
+eval and report end to end. Most commands run in this process (fast); a few run as real processes to
+check exit codes, stderr and Ctrl-C as a shell sees them."""
 
+import argparse
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli_main, run_cli
+from selfdistill import cli
+from selfdistill.engine import tensorboard
+from selfdistill.recipes import bundled_recipes
 
 TINY = ["--set", "data.train_subset=1000", "--set", "data.eval_batch_size=500"]
+SYNTH = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "2", "--batch-size", "16",
+         "--set", "data.synthetic={train_size: 64, test_size: 32, size: 8}"]
 
 
-def test_methods_lists_one_line_each():
-    result = run_cli("methods")
-    lines = result.stdout.strip().splitlines()
+def test_methods_lists_one_line_each(capsys):
+    code, out, _ = cli_main(capsys, "methods")
+    lines = out.strip().splitlines()
     names = [line.split()[0] for line in lines]
-    assert result.returncode == 0 and names == ["ce", "dlb", "drg", "dsr", "tf_nkd", "zipf_ls", "bake", "ls", "cs_kd",
-                                                "ps_kd", "tf_kd_self", "tf_kd_reg", "byot", "lightskd"]
+    assert code == 0 and names == ["ce", "dlb", "drg", "dsr", "tf_nkd", "zipf_ls", "bake", "ls", "cs_kd", "ps_kd",
+                                   "tf_kd_self", "tf_kd_reg", "byot", "lightskd"]
     assert all(len(line.split()) > 3 for line in lines)
 
 
-@pytest.mark.parametrize("args, field", [
-    (["--method", "nope"], "method.name"),
-    (["--model", "nope"], "model.name"),
-    (["--dataset", "nope"], "data.dataset"),
-    (["--epochs", "-3"], "train.epochs"),
-    (["--label-noise", "1.5"], "data.label_noise"),
-    (["--method", "dlb", "--batch-size", "1"], "data.batch_size"),
-    (["--set", "train.nope=1"], "train.nope"),
-    (["--set", "method.alpha=2"], "method.alpha"),  # ce has no options
-    (["--epochs", "three"], "--epochs"),
-    (["--config", "/no/such.yaml"], "--config"),
-    (["--resume", "--out", "/no/such/run"], "nothing to resume"),
-    (["--method", "drg", "--set", "method.stage=layer9"], "method.stage"),
-    (["--method", "byot", "--model", "mlp"], "byot"),
-    (["--method", "bake+cs_kd"], "sampler"),
-    (["--method", "ps_kd", "--set", "data.mix.name=cutmix"], "data.mix"),
-    (["--method", "tf_kd_self"], "method.teacher"),
+def test_recipes_lists_every_bundled_recipe_with_what_it_reproduces(capsys):
+    code, out, _ = cli_main(capsys, "recipes")
+    recipes = bundled_recipes()
+    assert code == 0 and len(recipes) >= 6
+    for recipe in recipes:
+        assert recipe.description and recipe.reproduces, recipe.name
+        line = next(line for line in out.splitlines() if line.startswith(f"{recipe.name} "))
+        assert line.endswith(f"  {recipe.description}") and f"reproduces: {recipe.reproduces}" in out
+
+
+def subcommands():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+@pytest.mark.parametrize("command", ["train", "demo", "eval", "report"])
+def test_every_flag_has_help_with_its_default(command):
+    for action in subcommands()[command]._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "default" in action.help, f"{command} {action.option_strings[0]}"
+
+
+def test_help_names_only_recipes_that_exist(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    names = {r.name for r in bundled_recipes()}
+    assert "dlb_cifar100" in text and "dlb_cifar100_resnet32" not in text
+    assert all(word.strip(",).") in names for word in text.split() if word.startswith("dlb_"))
+    assert "(default: 10)" in text and "(default: 0.05; schedule cosine" in text
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--epochs", "three"], "argument --epochs: invalid int value: 'three' (see `selfdistill train --help`)"),
+    (["trian"], "did you mean 'train'?"),
+    (["train", "--set", "method.alpha", "0.5"], "--set takes KEY=VALUE as one word: --set method.alpha=0.5"),
+    (["train", "--epoch-count", "3"], "did you mean '--epochs'?"),
+    (["train", "--method", "dlb", "--set", "schedule.name=cosin"], "(did you mean 'cosine'?)"),
+    (["train", "--dataset", "fashionmnist"], "(did you mean 'fashion-mnist'?)"),
+    (["train", "--config", "dlb_cifar1000"], "(did you mean 'dlb_cifar100'?)"),
 ])
-def test_bad_input_is_one_line_with_exit_code_2(args, field, tmp_path):
-    result = run_cli("train", "--out", str(tmp_path / "run"), *args) if "--out" not in args else run_cli("train", *args)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and field in lines[0] and "Traceback" not in result.stderr
+def test_usage_errors_are_one_line_with_a_hint(capsys, args, expected):
+    code, out, err = cli_main(capsys, *args)
+    assert code == 2 and out == "" and len(err) == 1
+    assert err[0].startswith("selfdistill: error: ") and err[0].count("selfdistill: error") == 1
+    assert expected in err[0]
+
+
+def test_a_real_process_exits_2_with_one_line(tmp_path):
+    result = run_cli("train", "--method", "nope", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "method.name='nope' is not allowed" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_is_one_line_with_exit_code_2(tmp_path, capsys):
+    code, _, err = cli_main(capsys, "train", "--dataset", "cifar10", "--data-dir", str(tmp_path),
+                            "--set", "data.download=false", "--out", str(tmp_path / "run"))
+    assert code == 2 and len(err) == 1 and "cifar-10-batches-py" in err[0]
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_ctrl_c_while_starting_is_one_line(tmp_path, delay):
+    proc = subprocess.Popen([sys.executable, "-m", "selfdistill", "train", "--out", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)  # while Python and torch load
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err == "selfdistill: interrupted before training started; nothing was written\n"
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_dataset_is_one_line_with_exit_code_2(tmp_path):
-    result = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--set", "data.download=false",
-                     "--out", str(tmp_path / "run"))
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert "cifar-10-batches-py" in result.stderr
-
-
-def test_train_on_real_bundled_images_then_refuse_to_overwrite(tmp_path):
+def test_train_on_real_bundled_images_then_refuse_to_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
-    result = run_cli("train", "--method", "dlb", "--epochs", "1", "--seed", "3", "--out", str(out), *TINY)
-    assert result.returncode == 0, result.stderr
+    code, stdout, _ = cli_main(capsys, "train", "--method", "dlb", "--epochs", "1", "--seed", "3", "--out", str(out),
+                               *TINY)
+    assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seed"] == 3 and metrics["method"] == "dlb" and metrics["test_top1"] > 15  # chance: 10%
+    assert stdout.startswith(f"selfdistill: training into {out} | dlb on fashion-mnist-mini with cnn (94,186 "
+                             "parameters) | 1,000 train / 2,000 test images | 16 steps/epoch x 1 epochs | cpu")
+    assert f"done: test top-1 {metrics['test_top1']:.2f}%" in stdout
     before = (out / "metrics.json").read_bytes()
-    again = run_cli("train", "--method", "dlb", "--epochs", "1", "--out", str(out), *TINY)
-    assert again.returncode == 2 and "--resume" in again.stderr
-    assert (out / "metrics.json").read_bytes() == before
-    finished = run_cli("train", "--out", str(out), "--resume")  # a finished run: nothing to do, nothing changes
-    assert finished.returncode == 0 and (out / "metrics.json").read_bytes() == before
-    mismatch = run_cli("train", "--out", str(out), "--resume", "--set", "method.alpha=0.3")
-    assert mismatch.returncode == 2 and "method.alpha" in mismatch.stderr
+    code, _, err = cli_main(capsys, "train", "--method", "dlb", "--epochs", "1", "--out", str(out), *TINY)
+    assert code == 2 and "finished run" in err[0] and (out / "metrics.json").read_bytes() == before
 
 
-def test_print_config_applies_config_file_flags_and_sets_in_order(tmp_path):
-    result = run_cli("train", "--config", "dlb_cifar100", "--epochs", "5", "--set", "method.alpha=0.5",
-                     "--print-config")
-    assert result.returncode == 0
-    assert "alpha: 0.5" in result.stdout and "epochs: 5" in result.stdout and "milestones:" in result.stdout
+def test_print_config_applies_config_file_flags_and_sets_in_order(capsys):
+    code, out, _ = cli_main(capsys, "train", "--config", "dlb_cifar100", "--epochs", "5", "--set", "method.alpha=0.5",
+                            "--print-config")
+    assert code == 0
+    assert "alpha: 0.5" in out and "epochs: 5" in out and "milestones:" in out
 
 
-def test_divergence_exits_3_and_says_what_was_kept(tmp_path):
-    result = run_cli("train", "--lr", "1e30", "--epochs", "2", "--out", str(tmp_path / "run"), *TINY)
-    assert result.returncode == 3 and "non-finite" in result.stderr and "nothing was kept" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+def test_default_schedule_decays(capsys):
+    code, out, _ = cli_main(capsys, "train", "--print-config")
+    assert code == 0 and "name: cosine" in out
+
+
+def test_off_a_terminal_a_run_prints_status_lines_and_validation_is_labelled_val(tmp_path, capsys):
+    code, out, _ = cli_main(capsys, "train", *SYNTH, "--out", str(tmp_path / "run"), "--set", "train.progress=false",
+                            "--set", "train.status_every=1e-9", "--set", "data.validation_split=20")
+    assert code == 0
+    assert "44 train / 20 val images" in out.splitlines()[0]
+    assert "epoch 1/2 step 1/3 | loss" in out and "of training left" in out
+    epoch_line = next(line for line in out.splitlines() if line.startswith("epoch 2/2 | lr"))
+    assert " | val " in epoch_line and "test" not in epoch_line and out.splitlines()[-1].startswith("done: val top-1")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["eval_split"] == "val" and "val_top1" in metrics and "test_top1" not in metrics
+    assert "best_epoch_selected_on_val" in metrics
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0]
+    assert "val_top1,val_nll,val_ece" in header and "test" not in header
+
+
+def test_tensorboard_events_hold_every_epoch(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert cli_main(capsys, "train", *SYNTH, "--out", str(tmp_path / "run"))[0] == 0
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test/top1")] == [1, 2]
+    assert {"lr", "loss/ce", "train/top1", "test/nll", "test/ece", "speed/images_per_s"} <= set(events.Tags()["scalars"])
+
+
+def test_tensorboard_true_without_the_package_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tensorboard, "available", lambda: False)
+    code, _, err = cli_main(capsys, "train", *SYNTH, "--out", str(tmp_path / "run"), "--set", "train.tensorboard=true")
+    assert code == 2 and len(err) == 1 and "pip install 'selfdistill[tensorboard]'" in err[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_module_entry_point_and_version():
@@ -85,12 +166,22 @@ def test_module_entry_point_and_version():
     assert result.returncode == 0 and result.stdout.startswith("selfdistill ")
 
 
-def test_report_summarises_finished_runs(tmp_path):
+def test_eval_and_report_end_to_end(tmp_path, capsys):
     for seed in (0, 1):
-        result = run_cli("train", "--epochs", "1", "--seed", str(seed), "--out", str(tmp_path / f"s{seed}"), *TINY)
-        assert result.returncode == 0, result.stderr
-    report = run_cli("report", str(tmp_path))
-    assert report.returncode == 0
-    row = next(line for line in report.stdout.splitlines() if line.startswith("| fashion-mnist-mini"))
-    assert "| ce |" in row and "| 2 |" in row and "±" in row
-    assert run_cli("report", str(tmp_path / "nothing")).returncode == 2
+        assert cli_main(capsys, "train", *SYNTH, "--seed", str(seed), "--out", str(tmp_path / f"s{seed}"))[0] == 0
+    code, out, _ = cli_main(capsys, "eval", str(tmp_path / "s0"))
+    assert code == 0 and "top-5" in out and "per-class" in out
+    saved = json.loads((tmp_path / "s0" / "eval-synthetic-test" / "eval.json").read_text())
+    metrics = json.loads((tmp_path / "s0" / "metrics.json").read_text())
+    assert saved["top1"] == pytest.approx(metrics["test_top1"]) and saved["images"] == 32
+    code, out, _ = cli_main(capsys, "report", str(tmp_path))
+    row = next(line for line in out.splitlines() if line.startswith("| synthetic"))
+    assert code == 0 and "| ce |" in row and "| 2 |" in row and "±" in row
+    for name in ("report.md", "accuracy.png", "reliability.png"):
+        assert (tmp_path / "report" / name).is_file()
+    assert cli_main(capsys, "report", str(tmp_path / "nothing"))[0] == 2
+
+
+def test_demo_threads_are_checked_like_train(capsys):
+    code, _, err = cli_main(capsys, "demo", "--threads", "0")
+    assert code == 2 and len(err) == 1 and "train.threads" in err[0]

@@ -224,7 +224,7 @@ def test_malformed_metrics_are_one_line_errors_naming_the_run_and_file(tmp_path,
     ("write:log.csv:epoch,lr\n1,0.1\n", "log.csv has no 'test_top1' column"),
     ("write:log.csv:epoch,test_top1\n1,abc\n", "log.csv line 2, column 'test_top1': 'abc' is not a number"),
     ("bytes:log.csv", "log.csv is not UTF-8"),
-    ("write:config.yaml:optim: [unclosed\n", "config.yaml is not valid YAML"),
+    ("write:config.yaml:optim: [unclosed\n", "config.yaml: not valid YAML"),
     ("write:config.yaml:- a list\n", "config.yaml must be a mapping"),
     ("write:config.yaml:optim: {speed: 1}\n", "config.yaml: unknown config key 'optim.speed'"),
 ])

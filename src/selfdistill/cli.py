@@ -9,16 +9,22 @@ directory, 5 for a failed process of a distributed run, 130 for Ctrl-C. Under ``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import re
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
 from .config import Config, load_yaml, nested, parse_assignment, read_yaml_file, resolve
 from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean
+from .fileio import unused_path
 
 DEFAULTS = Config()
 # flag -> dotted config key
@@ -100,13 +106,14 @@ def build_parser() -> Parser:
     train.add_argument("--config", help="YAML file, or the name of a bundled recipe (`selfdistill recipes`, e.g. "
                                         "dlb_cifar100) (default: none)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any config key, e.g. --set method.alpha=0.5 (repeatable; values are YAML)")
+                       help="override any config key, e.g. --set method.alpha=0.5 (repeatable; values are YAML) "
+                            "(default: none)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last checkpoint, rebuild missing final outputs, or "
-                            "extend a finished run with a larger --epochs (multistep/constant schedules)")
+                            "extend a finished run with a larger --epochs (multistep/constant schedules) (default: off)")
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train in N processes on this machine, like torchrun --standalone (default: 1)")
-    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit (default: off)")
 
     demo = sub.add_parser("demo", help="CE vs DLB on the bundled Fashion-MNIST slice: table and plots")
     demo.add_argument("--out", help="output folder (default: selfdistill-demo, or -2, -3, ... if taken)")
@@ -135,7 +142,7 @@ def build_parser() -> Parser:
     report.add_argument("paths", nargs="+", help="run directories, or folders holding them")
     report.add_argument("--out", help="folder for report.md, accuracy.png, reliability.png "
                                       "(default: report/ inside the first path)")
-    report.add_argument("--no-plots", action="store_true", help="write the table only")
+    report.add_argument("--no-plots", action="store_true", help="write the table only (default: off)")
     return parser
 
 
@@ -157,18 +164,10 @@ def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
             layers.append(nested(key, value))
     layers += [parse_assignment(item) for item in args.set]
     config = resolve(layers)
-    out = Path(args.out) if args.out else _free_folder(Path("runs") / (
+    out = Path(args.out) if args.out else unused_path(Path("runs") / (
         f"{config.method['name']}-{config.data.dataset}-{config.model.name}-s{config.train.seed}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))
     return config, out
-
-
-def _free_folder(base: Path) -> Path:
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
@@ -264,12 +263,38 @@ def _say_failure(exc: SelfdistillError) -> int:
     return exc.exit_code
 
 
+# what each command imports before it starts (torch, for most)
+COMMAND_MODULES = {"train": "selfdistill.engine", "demo": "selfdistill.demo", "eval": "selfdistill.evaluation",
+                   "report": "selfdistill.report", "methods": "selfdistill.methods", "models": "selfdistill.models",
+                   "datasets": "selfdistill.data", "recipes": "selfdistill.recipes"}
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[list[bool]]:
+    """Hold back Ctrl-C while modules load: an interrupt in the middle of ``import torch`` leaves torch
+    half-initialised (a page of tracebacks, even a segfault). A press is noted and acted on afterwards."""
+    pressed: list[bool] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield pressed
+        return
+    signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     global _ARGV
     argv = list(sys.argv[1:] if argv is None else argv)
     _ARGV = argv
     try:
-        args = build_parser().parse_args(argv)
+        with interrupts_deferred() as pressed:
+            args = build_parser().parse_args(argv)
+            importlib.import_module(COMMAND_MODULES[args.command])
+        if pressed:
+            raise KeyboardInterrupt
         if args.command == "train":
             return cmd_train(args, argv)
         if args.command == "demo":

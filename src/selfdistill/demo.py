@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import resolve
 from .engine import train
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, unused_path
 from .plots import Curve, curve_panels
 from .report import eval_metric, eval_split, load_run
 
@@ -25,14 +25,6 @@ RECIPE = {
 CAVEAT = ("One seed on a 6,000-image slice: differences of a point or so are within seed noise; compare "
           "several seeds with `selfdistill report` before drawing conclusions.")
 PANELS = (("top1", "top-1 (%)"), ("nll", "NLL"), ("ece", "ECE (%)"))
-
-
-def free_folder(base: str) -> Path:
-    path, n = Path(base), 1
-    while path.exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    return path
 
 
 def plot_runs(runs: dict[str, dict[str, Any]], path: Path, title: str) -> None:
@@ -59,7 +51,7 @@ def summary_table(runs: dict[str, dict[str, Any]]) -> str:
 
 def run_demo(out: str | None, epochs: int, model: str, seed: int, threads: int | None = None) -> Path:
     """Train CE and DLB into ``out`` (or a fresh ``selfdistill-demo`` folder); table, summary and plot."""
-    folder = Path(out) if out else free_folder("selfdistill-demo")
+    folder = Path(out) if out else unused_path("selfdistill-demo")
     configs = {m: resolve([RECIPE, {"method": {"name": m}, "model": {"name": model},
                                      "train": {"epochs": epochs, "seed": seed, "threads": threads}}])
                for m in ("ce", "dlb")}

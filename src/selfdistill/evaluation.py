@@ -4,7 +4,9 @@ The model card (``model.json``, see :mod:`selfdistill.modelcard`) says which arc
 fit, how many classes and channels it has, the input size and the normalisation. ``model=`` replaces
 the card's architecture and ``dataset=`` the dataset it is evaluated on; a model saved by an older
 version has no card and needs both, and then takes the dataset's standard normalisation and its raw
-image size (any ``data.pad_to`` of the run is not known).
+image size (any ``data.pad_to`` of the run is not known). Weights inside a run directory evaluated on
+the run's own dataset use the run's data settings from its ``config.yaml`` (where the files are, the
+synthetic shape, the decode size), never its training subset, validation split or label noise.
 
 Evaluation covers the whole split once, unshuffled, in eval mode and fp32, under
 ``torch.inference_mode()``: top-1, top-5, NLL, ECE, per-class accuracy and the reliability bins.
@@ -15,6 +17,8 @@ to ``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``out`` (default
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .config import DataConfig, SyntheticConfig
+from .config import DataConfig, SyntheticConfig, read_yaml_file, resolve
 from .data import DATASETS, Augment, ImageDataset, eval_batches, load_dataset
 from .errors import UserError, one_line
 from .fileio import atomic_write_json, atomic_write_text
@@ -75,14 +79,29 @@ def _card_or_overrides(weights: Path, model: str | None, dataset: str | None) ->
     return None
 
 
-def _load_data(name: str, data_dir: str | None, card: ModelCard | None) -> ImageDataset:
-    """The dataset, decoded (image folders) or generated (``synthetic``) at the card's raw size."""
+def _run_data(weights: Path) -> DataConfig | None:
+    """The data settings of the run that saved ``weights`` (its ``config.yaml`` beside them), if any."""
+    saved = weights.parent / "config.yaml"
+    if not saved.is_file():
+        return None
+    return resolve([read_yaml_file(saved, str(saved))]).data
+
+
+def _load_data(name: str, data_dir: str | None, card: ModelCard | None, run: DataConfig | None) -> ImageDataset:
+    """The dataset, whole: on the run's own data settings when it is the run's dataset (where its files
+    are, the synthetic shape, the decode size; never its subset, split or label noise), else decoded
+    (image folders) or generated (``synthetic``) at the card's raw size."""
     if name not in DATASETS:
         raise UserError.bad_value("--dataset", name, ", ".join(DATASETS), DATASETS)
-    cfg = DataConfig(dataset=name, data_dir=data_dir)
-    if card is not None and card.pad_to is None:
-        cfg.image_size = card.image_size
-        cfg.synthetic = SyntheticConfig(num_classes=card.num_classes, channels=card.in_channels, size=card.image_size)
+    if run is not None and run.dataset == name:
+        cfg = dataclasses.replace(run, train_subset=None, validation_split=None, label_noise=0.0,
+                                  data_dir=data_dir or run.data_dir)
+    else:
+        cfg = DataConfig(dataset=name, data_dir=data_dir)
+        if card is not None and card.pad_to is None:
+            cfg.image_size = card.image_size
+            cfg.synthetic = SyntheticConfig(num_classes=card.num_classes, channels=card.in_channels,
+                                            size=card.image_size)
     return load_dataset(cfg)
 
 
@@ -147,7 +166,7 @@ def build_fitted(spec: InputSpec, state: dict[str, torch.Tensor], path: Path) ->
 def resolve_eval_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not (name == "cpu" or name == "cuda" or name.startswith("cuda:")):
+    if re.fullmatch(r"cpu|cuda(:\d+)?", name) is None:
         raise UserError.bad_value("--device", name, "auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError.bad_value("--device", name, "cpu or auto (no CUDA device is available)")
@@ -186,7 +205,7 @@ def evaluate_saved_model(target: str | Path, dataset: str | None = None, data_di
     run_device = resolve_eval_device(device)
     card = _card_or_overrides(weights, model, dataset)
     state = load_weights(weights)  # before the dataset, which may take a download to find
-    data = _load_data(dataset or card.dataset, data_dir, card)
+    data = _load_data(dataset or card.dataset, data_dir, card, _run_data(weights))
     spec = input_spec(card, model, data, weights)
     net = build_fitted(spec, state, weights)
     images, labels = (data.test_images, data.test_labels) if split == "test" else (data.train_images, data.train_labels)

@@ -101,3 +101,13 @@ def stale_temporaries(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if TEMPORARY.match(p.name) and p.is_file() and not p.is_symlink())
+
+
+def unused_path(base: str | Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``, ... : the first that does not exist yet."""
+    base = Path(base)
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path

@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
-from .config import REPORT_IGNORED_FIELDS, Config, resolve
+from .config import REPORT_IGNORED_FIELDS, Config, parse_yaml, resolve
 from .errors import UserError, one_line
 from .fileio import atomic_write_text
 from .plots import Curve, curve_panels, reliability_grid
@@ -133,10 +131,7 @@ def _parses(value: Any) -> bool:
 
 
 def _read_config(run: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(_read_text(run, "config.yaml"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{run}: config.yaml is not valid YAML ({one_line(exc)})") from None
+    raw = parse_yaml(_read_text(run, "config.yaml"), f"{run}: config.yaml")
     if not isinstance(raw, dict):
         raise UserError(f"{run}: config.yaml must be a mapping of sections")
     try:
@@ -198,6 +193,10 @@ def _freeze(value: Any) -> Any:
 
 
 def _ignored(key: str) -> bool:
+    """Fields left out of grouping: those that do not change results, and a method's ``teacher`` path (each
+    seed's student usually has the teacher of its own seed; the path names a run, not a setting)."""
+    if key.startswith("method.") and key.rsplit(".", 1)[-1] == "teacher":
+        return True
     return any(key == f or key.startswith(f"{f}.") for f in REPORT_IGNORED_FIELDS)
 
 

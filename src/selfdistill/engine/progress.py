@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -46,14 +46,13 @@ class Progress:
         """True when a status line is due (off a terminal, every ``status_every`` seconds)."""
         return self.status_every > 0 and time.monotonic() - self._last_status >= self.status_every
 
-    def status(self, steps_done: int, stats: Callable[[], dict[str, float]]) -> None:
-        """Print a status line (``stats`` is only called here, since reading it may wait for the device)."""
+    def status(self, steps_done: int, values: dict[str, float]) -> None:
+        """Print a status line: ``values`` holds the running ``loss``, train ``acc`` and ``images`` forwarded."""
         now = time.monotonic()
         self._last_status = now
         elapsed = now - self._epoch_start
         per_step = elapsed / max(steps_done, 1)
         left = (self._steps - steps_done + self._steps * (self._epochs - self._epoch - 1)) * per_step
-        values = stats()
         self.say(f"epoch {self._epoch + 1}/{self._epochs} step {steps_done}/{self._steps} | loss {values['loss']:.4f} "
                  f"| train {values['acc']:.2f}% | {values['images'] / max(elapsed, 1e-9):,.0f} img/s | "
                  f"about {_duration(left)} of training left")
