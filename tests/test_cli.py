@@ -151,7 +151,8 @@ def test_tensorboard_events_hold_every_epoch(tmp_path, capsys):
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
     assert [e.step for e in events.Scalars("test/top1")] == [1, 2]
-    assert {"lr", "loss/ce", "train/top1", "test/nll", "test/ece", "speed/images_per_s"} <= set(events.Tags()["scalars"])
+    tags = set(events.Tags()["scalars"])
+    assert {"lr", "loss/ce", "train/top1", "test/nll", "test/ece", "speed/images_per_s"} <= tags
 
 
 def test_tensorboard_true_without_the_package_is_one_line(tmp_path, capsys, monkeypatch):

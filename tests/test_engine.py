@@ -9,8 +9,8 @@ import torch
 from conftest import small_config
 from selfdistill.config import ScheduleConfig
 from selfdistill.engine import Trainer, train
-from selfdistill.engine.trainer import Interrupted
 from selfdistill.engine.optim import LRSchedule
+from selfdistill.engine.trainer import Interrupted
 from selfdistill.errors import TrainingDiverged, UserError
 from selfdistill.methods import Method, MethodStack
 

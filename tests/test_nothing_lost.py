@@ -58,7 +58,8 @@ def test_killed_at_random_moments_resumes_to_the_same_run(reference, tmp_path):
     rng, killed = random.Random(7), 0
     for trial in range(5):
         out = tmp_path / f"run{trial}"
-        code = fault_runner.run(["train", *TINY, "--out", str(out)], kill_after=rng.uniform(0.1, 0.9) * SECONDS["reference"])
+        kill_after = rng.uniform(0.1, 0.9) * SECONDS["reference"]
+        code = fault_runner.run(["train", *TINY, "--out", str(out)], kill_after=kill_after)
         killed += code == -9
         if code == -9:  # resume, or start again when it died before config.yaml existed
             resume = ["--resume"] if (out / "config.yaml").exists() else TINY

@@ -1,5 +1,8 @@
-"""Whole processes: DDP under torchrun (2 processes, gloo) and a run killed with SIGKILL, then resumed."""
+"""Whole processes: DDP under torchrun and under `selfdistill train --nproc` (2 processes, gloo), and what
+a distributed run does with bad input and with a process that stops. (Kills and resumes of single
+runs are in test_nothing_lost.py.)"""
 
+import contextlib
 import json
 import os
 import signal
@@ -32,35 +35,6 @@ def test_torchrun_two_processes_shard_data_and_reduce_metrics(tmp_path):
     assert result.stdout.count("epoch 2/2") == 1  # only rank 0 reports
 
 
-def _train_args(out):
-    return ["train", "--method", "dlb", "--epochs", "3", "--out", str(out), "--set", "data.train_subset=1500",
-            "--set", "train.deterministic=true", "--set", "train.threads=1"]
-
-
-def test_killed_run_resumes_to_the_bit_identical_result(tmp_path):
-    cut = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "selfdistill", *_train_args(cut)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while not (cut / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (cut / "metrics.json").exists()
-    assert torch.load(cut / "checkpoint.pt", weights_only=True)["epoch"] in (1, 2)
-
-    resumed = run_cli("train", "--out", str(cut), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    full = run_cli(*_train_args(tmp_path / "full"))
-    assert full.returncode == 0, full.stderr
-    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
-    b = torch.load(cut / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "full", cut))
-    assert ma["test_top1"] == mb["test_top1"] and ma["test_nll"] == mb["test_nll"]
-
-
 def test_torchrun_gathers_per_sample_memory_and_trains_heads(tmp_path):
     out = tmp_path / "ddp"
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "selfdistill", "train", "--method", "drg+ps_kd",
@@ -73,3 +47,69 @@ def test_torchrun_gathers_per_sample_memory_and_trains_heads(tmp_path):
     assert (memories[0].max(1).values < 1).all()  # every sample, from either shard, was written
     assert any("drg" in key for key in state["extras"]) and json.loads((out / "metrics.json").read_text())[
         "extra_parameters"] > 0
+
+
+SYNTH = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--set", "train.tensorboard=false",
+         "--set", "data.synthetic={train_size: 64, test_size: 32, size: 8}"]
+
+
+def test_bad_input_under_torchrun_is_printed_once_by_rank_0(tmp_path):
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "selfdistill", "train", "--method", "nope",
+           "--out", str(tmp_path / "run")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0  # torchrun reports any failed worker as 1, whatever the worker said
+    assert result.stderr.count("selfdistill: error: method.name='nope' is not allowed") == 1
+    assert "exitcode  : 2" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_nproc_refuses_bad_config_before_starting_processes(tmp_path):
+    result = run_cli("train", "--nproc", "2", "--method", "nope", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "method.name" in result.stderr
+
+
+def test_nproc_reports_a_worker_error_once_with_its_exit_code(tmp_path):
+    result = run_cli("train", "--nproc", "2", "--dataset", "cifar10", "--data-dir", str(tmp_path),
+                     "--set", "data.download=false", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "cifar-10-batches-py" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_nproc_trains_like_torchrun(tmp_path):
+    result = run_cli("train", "--nproc", "2", *SYNTH, "--epochs", "2", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["test_images"] == 32
+    assert result.stdout.count("epoch 2/2 |") == 1
+
+
+def _children(pid: int) -> dict[int, int]:
+    """rank -> pid of the worker processes started by the launcher ``pid``."""
+    out = {}
+    for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        rank = next(int(v.split(b"=")[1]) for v in environ if v.startswith(b"RANK="))
+        out[rank] = int(child)
+    return out
+
+
+def test_a_stopped_process_makes_the_others_fail_within_the_timeout(tmp_path):
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "selfdistill", "train", "--nproc", "2", *SYNTH, "--epochs",
+                                 "1000", "--out", str(out), "--set", "train.dist_timeout=5"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    workers = _children(launcher.pid)
+    os.kill(workers[1], signal.SIGSTOP)  # alive, but answering nobody: the case a timeout exists for
+    stopped = time.time()
+    try:
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        for pid in workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert launcher.returncode == 5 and time.time() - stopped < 60
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "rank 0: another process did not answer within train.dist_timeout=5 s" in lines[0]
+    assert "is kept" in lines[0] and torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 1

@@ -10,8 +10,16 @@ import pytest
 
 from selfdistill.config import parse_assignment, resolve
 from selfdistill.errors import UserError
-from selfdistill.report import (accuracy_curve, build_report, find_runs, group_runs, load_run, markdown_table,
-                                pooled_reliability, summarize)
+from selfdistill.report import (
+    accuracy_curve,
+    build_report,
+    find_runs,
+    group_runs,
+    load_run,
+    markdown_table,
+    pooled_reliability,
+    summarize,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BINS = 15

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .config import Config, load_yaml, nested, parse_assignment, read_yaml_file, resolve
-from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean
+from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean, printable_line
 from .fileio import unused_path
 
 DEFAULTS = Config()
@@ -110,7 +110,8 @@ def build_parser() -> Parser:
                             "(default: none)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last checkpoint, rebuild missing final outputs, or "
-                            "extend a finished run with a larger --epochs (multistep/constant schedules) (default: off)")
+                            "extend a finished run with a larger --epochs (multistep/constant schedules) "
+                            "(default: off)")
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train in N processes on this machine, like torchrun --standalone (default: 1)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit (default: off)")
@@ -259,7 +260,7 @@ def _say_failure(exc: SelfdistillError) -> int:
             return exc.exit_code
     label = next((text for cls, text in LABELS.items() if isinstance(exc, cls)), "")
     message = str(exc) if not label else f"{label}: {exc}"
-    print(f"selfdistill: {message}", file=sys.stderr, flush=True)
+    print(f"selfdistill: {printable_line(message)}", file=sys.stderr, flush=True)  # quoted input stays on one line
     return exc.exit_code
 
 

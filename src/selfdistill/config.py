@@ -162,7 +162,7 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     for key, value in values.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise UserError(f"unknown config key '{path}'{did_you_mean(key, names)}; allowed: {', '.join(names)}")
+            raise UserError(f"unknown config key {path!r}{did_you_mean(key, names)}; allowed: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
 
@@ -330,13 +330,13 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def parse_assignment(text: str) -> dict[str, Any]:
     """Turn ``a.b.c=value`` into ``{"a": {"b": {"c": value}}}`` with the value parsed as YAML."""
     if "=" not in text:
-        raise UserError(f"--set {text}: expected KEY=VALUE in one word, e.g. --set method.alpha=0.5")
+        raise UserError(f"--set {text!r}: expected KEY=VALUE in one word, e.g. --set method.alpha=0.5")
     key, raw = text.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise UserError(f"--set {text}: empty key")
+        raise UserError(f"--set {text!r}: empty key")
     try:
-        value = parse_yaml(raw, f"--set {text}") if raw.strip() else ""
+        value = parse_yaml(raw, f"--set {text!r}") if raw.strip() else ""
     except UserError:
         if any(c in raw for c in "[]{}\n"):
             raise  # meant as a YAML list or mapping, but malformed
@@ -361,11 +361,13 @@ def resolve(layers: list[dict[str, Any]]) -> Config:
     unknown = set(raw) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         allowed = ", ".join(f.name for f in dataclasses.fields(Config))
-        raise UserError(f"unknown config section '{sorted(unknown)[0]}'; allowed: {allowed}")
+        first = sorted(unknown, key=str)[0]
+        raise UserError(f"unknown config section {first!r}{did_you_mean(first, allowed.split(', '))}; allowed: "
+                        f"{allowed}")
     method = raw.pop("method")
     for section, value in raw.items():
         if not isinstance(value, dict):
-            raise UserError(f"config section '{section}' must be a mapping of keys, got {value!r}")
+            raise UserError(f"config section {section!r} must be a mapping of keys, got {value!r}")
     config = build_dataclass(Config, raw, "")
     config.method = _resolve_method(method)
     validate(config)
@@ -384,6 +386,7 @@ def _resolve_method(method: Any) -> dict[str, Any]:
 
 
 MAX_THREADS = 1024  # torch.set_num_threads(100000) crashes the process
+MAX_IMAGE_SIZE = 1024  # a typo in a size must not ask for terabytes of memory
 SYNTHETIC_RANGES = (("num_classes", 2, 1000), ("channels", 1, 16), ("size", 1, 256), ("train_size", 1, 1_000_000),
                     ("test_size", 1, 1_000_000))
 
@@ -406,12 +409,15 @@ def validate(config: Config) -> None:
     require(d.train_subset is None or d.train_subset >= 1, "data.train_subset", d.train_subset, "null or >= 1")
     require(d.validation_split is None or d.validation_split >= 1, "data.validation_split", d.validation_split,
             "null or >= 1")
-    require(d.pad_to is None or d.pad_to >= 1, "data.pad_to", d.pad_to, "null or a size in pixels")
+    require(d.pad_to is None or 1 <= d.pad_to <= MAX_IMAGE_SIZE, "data.pad_to", d.pad_to,
+            f"null or a size in pixels up to {MAX_IMAGE_SIZE}")
     require(d.mix.alpha > 0, "data.mix.alpha", d.mix.alpha, "a number > 0")
     require(d.mix.prob is None or 0 <= d.mix.prob <= 1, "data.mix.prob", d.mix.prob, "null or a number in [0, 1]")
-    require(d.image_size >= 8, "data.image_size", d.image_size, "an integer >= 8")
+    require(8 <= d.image_size <= MAX_IMAGE_SIZE, "data.image_size", d.image_size,
+            f"an integer in [8, {MAX_IMAGE_SIZE}]")
     pad = d.augment.crop_padding
-    require(pad is None or pad >= 0, "data.augment.crop_padding", pad, "null or an integer >= 0")
+    require(pad is None or 0 <= pad <= MAX_IMAGE_SIZE, "data.augment.crop_padding", pad,
+            f"null or an integer in [0, {MAX_IMAGE_SIZE}]")
     require(o.lr > 0, "optim.lr", o.lr, "a number > 0")
     require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
     require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
@@ -434,6 +440,9 @@ def validate(config: Config) -> None:
     for name, low, high in SYNTHETIC_RANGES:
         value = getattr(syn, name)
         require(low <= value <= high, f"data.synthetic.{name}", value, f"an integer in [{low}, {high}]")
+    pixels = max(syn.train_size, syn.test_size) * syn.channels * syn.size**2
+    require(pixels <= 2**30, "data.synthetic", f"{max(syn.train_size, syn.test_size)} images of "
+            f"{syn.channels}x{syn.size}x{syn.size}", "at most 2**30 bytes of images per split")
 
     from .methods import build_method
 

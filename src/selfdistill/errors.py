@@ -75,3 +75,11 @@ def did_you_mean(value: Any, choices: Iterable[str]) -> str:
 def one_line(text: object) -> str:
     """``text`` with line breaks and runs of spaces collapsed, for messages quoting other errors."""
     return " ".join(str(text).split())
+
+
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # every character str.splitlines() breaks at
+
+
+def printable_line(text: str) -> str:
+    """``text`` with every line-breaking character escaped, so that it prints as exactly one line."""
+    return "".join(ch.encode("unicode_escape").decode() if ch in LINE_BREAKS else ch for ch in text)

@@ -4,13 +4,15 @@ starts them, but ending the way a single process does: one line on error and sel
 torchrun turns any failed worker into exit code 1 and a page of its own report, whatever the worker
 said; this launcher instead starts the workers itself (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``MASTER_PORT`` in their environment, which the engine's process group reads), lets
-rank 0 print, stops the others once rank 0 has failed (or a few seconds after another rank failed), and exits with the failing rank's own code
-(rank 0's when it failed itself). A worker killed by a signal it was not sent by us is reported in
-one line with exit code 5. Multi-machine runs still use torchrun.
+rank 0 print, stops the others once rank 0 has failed (or a few seconds after another rank failed),
+and exits with the failing rank's own code (rank 0's when it failed itself). A worker killed by a
+signal it was not sent by us is reported in one line with exit code 5. Multi-machine runs still use
+torchrun.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -75,6 +77,8 @@ def _stop(procs: list[subprocess.Popen], sig: int) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(sig)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)  # a stopped worker receives the signal only once continued
     deadline = time.monotonic() + GRACE_S
     for proc in procs:
         try:

@@ -38,8 +38,15 @@ from .. import __version__
 from ..config import Config, read_yaml_file, resolve
 from ..data import Augment, ImageDataset, load_dataset, train_batches
 from ..data.mixing import Mixer, apply_mix
-from ..distributed import (agree_on_failure, all_reduce_sum, any_rank, as_peer_failure, gather_objects,
-                           init_distributed, shutdown)
+from ..distributed import (
+    agree_on_failure,
+    all_reduce_sum,
+    any_rank,
+    as_peer_failure,
+    gather_objects,
+    init_distributed,
+    shutdown,
+)
 from ..errors import OutputError, PeerFailure, SelfdistillError, TrainingDiverged, UserError, one_line
 from ..methods import Batch, Outputs, build_method
 from ..methods.base import SetupContext

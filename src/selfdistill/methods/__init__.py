@@ -65,7 +65,7 @@ def method_options(name: str, values: dict[str, Any]) -> dict[str, Any]:
     allowed = {cls.name for cls in members}
     stray = [k for k in values if k not in allowed]
     if stray:
-        raise UserError(f"unknown config key 'method.{stray[0]}'; options of combined methods go under each "
+        raise UserError(f"unknown config key {f'method.{stray[0]}'!r}; options of combined methods go under each "
                         f"method's name: {', '.join(sorted(allowed))}")
     return {cls.name: dataclasses.asdict(_options(cls, values.get(cls.name, {}), f"method.{cls.name}"))
             for cls in members}

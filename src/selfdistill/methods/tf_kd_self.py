@@ -54,8 +54,8 @@ class TfKDSelf(Method):
         if not self.options.teacher or not path.exists():
             what = (f"method.teacher={self.options.teacher!r} does not exist" if self.options.teacher
                     else "method.teacher is required")
-            raise UserError(f"{what}: tf_kd_self needs a trained copy of the network; train one with "
-                            f"--method ce --model {ctx.model_name} --out RUN_DIR, then pass --set method.teacher=RUN_DIR")
+            raise UserError(f"{what}: tf_kd_self needs a trained copy of the network; train one with --method ce "
+                            f"--model {ctx.model_name} --out RUN_DIR, then pass --set method.teacher=RUN_DIR")
         path = path / "model.pt" if path.is_dir() else path
         if not path.is_file():
             raise UserError(f"method.teacher: {path} does not exist (is the teacher's run finished?)")
