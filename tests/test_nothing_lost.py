@@ -263,3 +263,16 @@ def test_resume_refuses_a_config_that_would_change_the_result(reference, tmp_pat
     shutil.copytree(reference, out)
     code, _, err = cli_main(capsys, "train", "--out", str(out), "--resume", *change)
     assert code == 2 and len(err) == 1 and field in err[0]
+
+
+def test_a_run_finished_by_an_older_version_gets_its_model_card_on_resume(reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "model.json").unlink()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    del state["metrics"], state["last_eval"]  # what checkpoints held before they carried the final metrics
+    torch.save(state, out / "checkpoint.pt")
+    code, stdout, _ = cli_main(capsys, "train", "--out", str(out), "--resume")
+    assert code == 0 and "writing the missing model.json" in stdout
+    assert json.loads((out / "model.json").read_text()) == json.loads((reference / "model.json").read_text())
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())

@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import resolve
 from .engine import train
+from .errors import OutputError
 from .fileio import atomic_write_text, unused_path
 from .plots import Curve, curve_panels
 from .report import eval_metric, eval_split, load_run
@@ -63,10 +64,14 @@ def run_demo(out: str | None, epochs: int, model: str, seed: int, threads: int |
         train(config, folder / name)
         runs[name] = load_run(folder / name)
     plot = folder / "test_accuracy.png"
-    plot_runs({n.upper(): r for n, r in runs.items()}, plot,
-              f"{model} on fashion-mnist-mini, {epochs} epochs, seed {seed}")
     table = summary_table(runs)
-    atomic_write_text(folder / "summary.md", f"{table}\n\n{CAVEAT}\n")
+    try:
+        plot_runs({n.upper(): r for n, r in runs.items()}, plot,
+                  f"{model} on fashion-mnist-mini, {epochs} epochs, seed {seed}")
+        atomic_write_text(folder / "summary.md", f"{table}\n\n{CAVEAT}\n")
+    except OSError as exc:
+        raise OutputError(f"could not write the demo's plot and summary in {folder}: {exc.strerror or exc}; the "
+                          "two runs are complete there") from None
     print(f"\n{table}\n\n{CAVEAT}\nimages/s counts every image forwarded (DLB: new + replayed). "
           f"Plot (top-1, NLL, ECE per epoch): {plot}")
     return folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import warnings
@@ -70,8 +71,30 @@ class Precision:
         return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def keep_freed_memory() -> None:
+    """Let the C allocator keep freed memory for the next step instead of returning it to the system.
+
+    glibc maps every block above a threshold afresh and unmaps it when freed; the threshold moves with
+    whatever the process happened to allocate before (reading a dataset in 1 MiB chunks leaves it at
+    1 MiB), and a training step then page-faults all its activations in again: 2.7 million faults and
+    ~10 s of system time over five epochs of the small CNN on this CPU, against 0.1 million. Fixing the
+    thresholds (map only blocks of 32 MiB and more; trim the heap only past 256 MiB free) makes the
+    speed independent of that history. A no-op where the C library is not glibc.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 256 << 20)
+
+
 def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
-    """Threads and determinism; these are process-wide."""
+    """Threads, determinism and the C allocator; these are process-wide."""
+    keep_freed_memory()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:

@@ -472,10 +472,11 @@ class Trainer:
         missing = self.run.missing_final_outputs() if self.run is not None else []
         metrics = self.final_metrics
         if metrics is None:  # a checkpoint written before checkpoints carried the final metrics
-            metrics = json.loads((self.out / rundir.METRICS).read_text()) if not missing else None
-            if metrics is None:
+            saved = self.out / rundir.METRICS
+            if not saved.is_file():
                 raise UserError(f"--resume: {self.out} lacks {', '.join(missing)} and its checkpoint predates the "
                                 "final metrics it would need to rebuild them")
+            metrics = json.loads(saved.read_text())
         if not missing:
             self.progress.say(f"selfdistill: {self.out} is already finished ({self.start_epoch} epochs); nothing to do")
             return metrics
