@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +38,6 @@ from .plots import reliability_figure
 SPLITS = ("test", "train")
 WEIGHT_SUFFIXES = (".pt", ".pth")
 FILES = ("eval.json", "per_class.csv", "reliability.png")
-
-
-@dataclass
-class InputSpec:
-    """How to rebuild the model and feed it images: from the card, the overrides and the dataset."""
-
-    model: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    pad_to: int | None
-    mean: list[float]
-    std: list[float]
 
 
 def locate_weights(target: str | Path) -> Path:
@@ -105,15 +91,16 @@ def _load_data(name: str, data_dir: str | None, card: ModelCard | None, run: Dat
     return load_dataset(cfg)
 
 
-def input_spec(card: ModelCard | None, model: str | None, data: ImageDataset, weights: Path) -> InputSpec:
-    """What the model expects, checked against what the dataset gives."""
+def input_spec(card: ModelCard | None, model: str | None, data: ImageDataset, weights: Path) -> ModelCard:
+    """What the model expects (the card, with ``model`` as its architecture when given; for weights
+    without a card, what the dataset gives), checked against what the dataset gives."""
     name = model or card.model
     if name not in model_names():
         field = "--model" if model else f"{card_path(weights)}: model"
         raise UserError.bad_value(field, name, ", ".join(model_names()), model_names())
     if card is None:
-        return InputSpec(name, data.num_classes, data.in_channels, data.image_size, None, list(data.mean),
-                         list(data.std))
+        return ModelCard(name, data.num_classes, data.in_channels, data.image_size, None, list(data.mean),
+                         list(data.std), data.name, "", weights_sha256(weights))
     where = card_path(weights)
     if card.num_classes != data.num_classes:
         raise UserError(f"{where}: the model predicts {card.num_classes} classes but {data.name} has "
@@ -125,8 +112,7 @@ def input_spec(card: ModelCard | None, model: str | None, data: ImageDataset, we
     if side != card.image_size:
         raise UserError(f"{where}: the model was trained on {card.image_size}x{card.image_size} inputs but "
                         f"{data.name} gives {side}x{side}; evaluate it on a dataset of that image size")
-    return InputSpec(name, card.num_classes, card.in_channels, card.image_size, card.pad_to, list(card.mean),
-                     list(card.std))
+    return dataclasses.replace(card, model=name)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -144,7 +130,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_fitted(spec: InputSpec, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+def build_fitted(spec: ModelCard, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     """The architecture with the weights loaded; the first key that disagrees is named."""
     net = build_model(spec.model, spec.num_classes, spec.in_channels, spec.image_size)
     side = spec.image_size
@@ -174,7 +160,7 @@ def resolve_eval_device(name: str) -> torch.device:
 
 
 @torch.inference_mode()
-def accumulate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: InputSpec, batch_size: int,
+def accumulate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: ModelCard, batch_size: int,
                device: torch.device, dataset: str) -> EvalAccumulator:
     """Every image of the split once, in order; a size the model cannot take is a one-line error."""
     net.to(device).eval()
@@ -214,7 +200,7 @@ def evaluate_saved_model(target: str | Path, dataset: str | None = None, data_di
     folder = Path(out) if out is not None else weights.parent / f"eval-{data.name}-{split}"
     result = {
         "target": str(weights), "model": spec.model, "dataset": data.name, "split": split, "images": acc.count,
-        "weights_sha256": card.weights_sha256 if card is not None else weights_sha256(weights),
+        "weights_sha256": spec.weights_sha256,
         "model_card": card is not None, "method": card.method if card is not None else None,
         "num_classes": spec.num_classes, "image_size": spec.image_size, "pad_to": spec.pad_to,
         "mean": spec.mean, "std": spec.std, "device": str(run_device),
