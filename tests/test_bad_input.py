@@ -65,9 +65,10 @@ def data_dir_file(tmp, capsys):
 
 
 def resume_with(config_text: bytes):
+    """A run killed before its first checkpoint (config.yaml is all it has), its config.yaml damaged."""
     def make(tmp, capsys):
-        run = finished_run(tmp, capsys)
-        (run / "metrics.json").unlink()
+        run = tmp / "killed"
+        run.mkdir()
         (run / "config.yaml").write_bytes(config_text)
         return ["--out", str(run), "--resume"]
     return make
@@ -86,6 +87,20 @@ def checkpoint_edit(edit):
 
 def other_weights(state):
     state["model"] = {k + "_other": v for k, v in state["model"].items()}
+
+
+def resume_without_checkpoint(tmp, capsys):
+    run = finished_run(tmp, capsys)
+    (run / "checkpoint.pt").unlink()
+    return ["--out", str(run), "--resume"]
+
+
+def foreign_folder(tmp, capsys):
+    folder = tmp / "mine"
+    folder.mkdir()
+    for name, text in ((".notes.abcdef.tmp", "x"), (".lock", "y"), ("mine.txt", "z")):
+        (folder / name).write_text(text)
+    return [*RUN, "--out", str(folder)]
 
 
 def out_under_a_file(tmp, capsys):
@@ -129,10 +144,23 @@ CASES = [
     ("corrupt config.yaml on resume", resume_with(b"train: [unclosed\n"), "config.yaml: not valid YAML"),
     ("list config.yaml on resume", resume_with(b"- 1\n- 2\n"), "mapping"),
     ("python-tagged config.yaml on resume", resume_with(b"train: !!python/name:os.system\n"), "not valid YAML"),
-    ("checkpoint missing keys", checkpoint_edit(lambda s: s.pop("optimizer")), "does not fit this run"),
+    *[(f"checkpoint without {key}", checkpoint_edit(lambda s, k=key: s.pop(k)), f"lacks '{key}'")
+      for key in ("config", "model", "extras", "optimizer", "method", "history", "epoch", "images_seen")],
+    *[(f"checkpoint with a bad {key}", checkpoint_edit(lambda s, k=key, v=value: s.update({k: v})), f"'{key}' is")
+      for key, value in (("config", [1]), ("method", {"a": 1}), ("history", "rows"), ("metrics", [1]),
+                         ("train_seconds", float("nan")), ("epoch", True))],
+    ("checkpoint with bad log rows", checkpoint_edit(lambda s: s.update(history=[{"epoch": 2}])), "log row 1"),
+    ("checkpoint whose config no longer resolves", checkpoint_edit(lambda s: s["config"]["optim"].update(lr=-1)),
+     "optim.lr"),
     ("checkpoint of another model", checkpoint_edit(other_weights), "does not fit this run"),
     ("checkpoint that is not one", checkpoint_edit(lambda s: s.clear()), "checkpoint"),
+    ("finished run without checkpoint", resume_without_checkpoint, "no checkpoint.pt to continue from"),
     ("out under a file", out_under_a_file, "cannot be created"),
+    ("nested out with bad input", lambda t, c: [*RUN, "--train-subset", "64", "--out", str(t / "a" / "b" / "c")],
+     "data.train_subset"),
+    ("out holding foreign files", foreign_folder, "not a selfdistill run (.notes.abcdef.tmp, ...)"),
+    ("dist timeout beyond a week", lambda t, c: [*RUN, "--set", "train.dist_timeout=1e15"], "train.dist_timeout"),
+    ("more processes than CPUs", lambda t, c: [*RUN, "--nproc", "100000"], "--nproc"),
     ("tf_kd_self without teacher", lambda t, c: [*RUN, "--method", "tf_kd_self"], "--set method.teacher=RUN_DIR"),
     ("unknown method", lambda t, c: [*RUN, "--method", "dbl"], "did you mean 'dlb'"),
     ("unknown key", lambda t, c: [*RUN, "--set", "optim.lrr=0.1"], "did you mean 'lr'"),
@@ -145,8 +173,8 @@ def _idx_other_test_shape(tmp: Path) -> list[str]:
     return ["--dataset", "fashion-mnist", "--data-dir", str(root)]
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("make, expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])

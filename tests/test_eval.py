@@ -146,7 +146,8 @@ def test_a_model_without_card_needs_model_and_dataset_and_then_uses_the_dataset_
 
 @pytest.mark.parametrize("layout, match", [
     ("missing", "no such file or directory"),
-    ("unfinished", "holds no model.pt: the run has not finished.*--resume"),
+    ("unfinished", "holds no finished model: the run has not finished.*--resume"),
+    ("being-extended", "holds no finished model: the run has not finished.*--resume"),
     ("empty", "is not a run directory"),
     ("other-file", "expected a run directory or a .pt file"),
 ])
@@ -155,6 +156,9 @@ def test_targets_that_are_not_finished_runs(tmp_path, layout, match):
     if layout == "unfinished":
         target.mkdir()
         (target / "config.yaml").write_text("{}\n")
+    elif layout == "being-extended":  # model.pt of an earlier end, metrics.json removed until the new one
+        target.mkdir()
+        (target / "model.pt").write_bytes(b"weights of an earlier end")
     elif layout == "empty":
         target.mkdir()
     elif layout == "other-file":

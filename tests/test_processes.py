@@ -113,3 +113,18 @@ def test_a_stopped_process_makes_the_others_fail_within_the_timeout(tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "rank 0: another process did not answer within train.dist_timeout=5 s" in lines[0]
     assert "is kept" in lines[0] and torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 1
+
+
+def test_ctrl_c_under_nproc_ends_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "selfdistill", "train", "--nproc", "2", *SYNTH, "--epochs",
+                                 "1000", "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C at a terminal does: the whole process group
+    _, err = launcher.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert launcher.returncode == 130 and len(lines) == 1, err
+    assert lines[0].startswith("selfdistill: interrupted; the checkpoint of epoch") and "--resume" in lines[0]

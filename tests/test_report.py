@@ -262,3 +262,15 @@ def test_an_unwritable_out_is_a_one_line_error(tmp_path):
     (tmp_path / "file").write_text("")
     message = user_error("cannot write the report there", build_report, [str(tmp_path / "a")], tmp_path / "file" / "x")
     assert str(tmp_path / "file" / "x") in message
+
+
+def test_runs_on_other_devices_or_process_counts_are_not_merged(tmp_path):
+    for seed, device, processes in ((0, "cpu", 1), (1, "cpu", 1), (0, "cuda:0", 1), (0, "cpu", 2)):
+        run = make_run(tmp_path, f"{device}-{processes}-s{seed}", seed=seed)
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics.update(device=device, world_size=processes, amp=device != "cpu", channels_last=device != "cpu")
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    groups = group_runs(find_runs([tmp_path]))
+    assert sorted(len(g.seeds()) for g in groups) == [1, 1, 2]
+    table = markdown_table(summarize(find_runs([tmp_path])))
+    assert "| device |" in table and "| processes |" in table and "| bf16 |" in table

@@ -153,10 +153,7 @@ def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out, the run directory to continue")
-        saved = Path(args.out) / "config.yaml"
-        if not saved.is_file():
-            raise UserError(f"--resume: nothing to resume in {args.out} (no config.yaml)")
-        layers.append(read_yaml_file(saved, str(saved)))
+        layers.append(saved_config(Path(args.out)))
     if args.config:
         layers.append(load_yaml(args.config))
     for flag, key in TRAIN_FLAGS.items():
@@ -171,13 +168,28 @@ def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
     return config, out
 
 
+def saved_config(out: Path) -> dict[str, Any]:
+    """What ``--resume`` starts from: the config in the checkpoint (the authority: ``config.yaml`` may be
+    missing, stale or edited), or ``config.yaml`` when no epoch has completed."""
+    from .engine.rundir import load_checkpoint
+
+    state = load_checkpoint(out)
+    if state is not None:
+        return state["config"]
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"--resume: nothing to resume in {out} (no config.yaml)")
+    return read_yaml_file(saved, str(saved))
+
+
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     config, out = train_config(args)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    if args.nproc < 1:
-        raise UserError.bad_value("--nproc", args.nproc, "an integer >= 1")
+    cpus = os.cpu_count() or 1
+    if not 1 <= args.nproc <= cpus:
+        raise UserError.bad_value("--nproc", args.nproc, f"an integer from 1 to the {cpus} CPUs of this machine")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from .launch import launch
 
@@ -255,7 +267,10 @@ def _say_failure(exc: SelfdistillError) -> int:
     """Print ``exc`` as one line (rank 0; other ranks only for a stopped peer) and return its exit code."""
     rank = _rank()
     if rank != 0:
-        time.sleep(NON_MAIN_GRACE_S)  # let rank 0 speak first; torchrun stops this process meanwhile
+        try:
+            time.sleep(NON_MAIN_GRACE_S)  # let rank 0 speak first; the launcher stops this process meanwhile
+        except KeyboardInterrupt:
+            return exc.exit_code
         if not isinstance(exc, PeerFailure):
             return exc.exit_code
     label = next((text for cls, text in LABELS.items() if isinstance(exc, cls)), "")
@@ -311,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         return _say_failure(exc)
     except KeyboardInterrupt:
         if _rank() == 0:
-            print("selfdistill: interrupted before training started; nothing was written", file=sys.stderr)
+            started = _ARGV[:1] == ["train"]
+            print(f"selfdistill: interrupted{' before training started; nothing was written' if started else ''}",
+                  file=sys.stderr)
         return 130
 
 

@@ -433,7 +433,7 @@ def validate(config: Config) -> None:
     require(t.threads is None or 1 <= t.threads <= MAX_THREADS, "train.threads", t.threads,
             f"null or an integer in [1, {MAX_THREADS}]")
     require(t.status_every >= 0, "train.status_every", t.status_every, "seconds >= 0 (0: no status lines)")
-    require(t.dist_timeout > 0, "train.dist_timeout", t.dist_timeout, "seconds > 0")
+    require(0 < t.dist_timeout <= 7 * 86400, "train.dist_timeout", t.dist_timeout, "seconds in (0, 604800] (a week)")
     dev = t.device
     require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", dev) is not None, "train.device", dev, "auto, cpu, cuda, cuda:N")
     syn = d.synthetic

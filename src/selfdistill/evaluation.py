@@ -41,16 +41,17 @@ FILES = ("eval.json", "per_class.csv", "reliability.png")
 
 
 def locate_weights(target: str | Path) -> Path:
-    """``model.pt`` of a finished run directory, or the weights file given."""
+    """``model.pt`` of a finished run directory (one with ``metrics.json``, its completion marker), or the
+    weights file given."""
     path = Path(target)
     if not path.exists():
         raise UserError(f"{target}: no such file or directory (expected a run directory or a .pt file)")
     if path.is_dir():
         weights = path / "model.pt"
-        if weights.is_file():
+        if weights.is_file() and (path / "metrics.json").is_file():
             return weights
-        if (path / "checkpoint.pt").exists() or (path / "config.yaml").exists():
-            raise UserError(f"{path} holds no model.pt: the run has not finished (continue it with "
+        if weights.is_file() or (path / "checkpoint.pt").exists() or (path / "config.yaml").exists():
+            raise UserError(f"{path} holds no finished model: the run has not finished (continue it with "
                             f"`selfdistill train --out {path} --resume`)")
         raise UserError(f"{path} is not a run directory (no model.pt inside)")
     if path.suffix not in WEIGHT_SUFFIXES:
@@ -156,7 +157,10 @@ def resolve_eval_device(name: str) -> torch.device:
         raise UserError.bad_value("--device", name, "auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError.bad_value("--device", name, "cpu or auto (no CUDA device is available)")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError.bad_value("--device", name, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 @torch.inference_mode()

@@ -40,8 +40,9 @@ def launch(argv: list[str], nproc: int) -> int:
                               env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(nproc)]
     try:
         return _supervise(procs)
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C; give them time to say what they kept
-        _stop(procs, signal.SIGINT)
+    except KeyboardInterrupt:  # a Ctrl-C at the terminal reached the workers too: let them say what they kept
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _stop(procs, signal.SIGINT, first_wait=GRACE_S)
         return 130
 
 
@@ -72,8 +73,12 @@ def _supervise(procs: list[subprocess.Popen]) -> int:
     return code
 
 
-def _stop(procs: list[subprocess.Popen], sig: int) -> None:
-    """Send ``sig`` to the workers still running, then kill what is left after a grace period."""
+def _stop(procs: list[subprocess.Popen], sig: int, first_wait: float = 0.0) -> None:
+    """Give the workers ``first_wait`` seconds to end on their own, send ``sig`` to those still running,
+    then kill what is left after a grace period."""
+    deadline = time.monotonic() + first_wait
+    while time.monotonic() < deadline and any(proc.poll() is None for proc in procs):
+        time.sleep(0.05)
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(sig)

@@ -38,7 +38,8 @@ SPLIT_METRICS = ("top1", "nll", "ece")
 IDENTITY_KEYS = ("data.dataset", "model.name", "method.name")  # always shown, as dataset, model, method
 SHORT_NAMES = {"optim.lr": "lr", "data.batch_size": "batch size", "train.epochs": "epochs",
                "data.label_noise": "label noise", "data.train_subset": "train subset",
-               "data.validation_split": "val images"}
+               "data.validation_split": "val images", "run.device": "device", "run.processes": "processes",
+               "run.bf16": "bf16", "run.channels_last": "channels_last"}
 MISSING = object()  # a field the group's config does not have (another method's option)
 
 
@@ -192,6 +193,14 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def run_fields(run: dict[str, Any]) -> dict[str, Any]:
+    """What the config does not say but the run's numbers depend on: the kind of device (``auto``
+    resolves differently on each machine), the precision it chose there, and the number of processes
+    (each trains on its own shard, with its own batch-norm statistics)."""
+    return {"run.device": str(run.get("device", "?")).split(":")[0], "run.processes": run.get("world_size", 1),
+            "run.bf16": run.get("amp"), "run.channels_last": run.get("channels_last")}
+
+
 def _ignored(key: str) -> bool:
     """Fields left out of grouping: those that do not change results, and a method's ``teacher`` path (each
     seed's student usually has the teacher of its own seed; the path names a run, not a setting)."""
@@ -231,6 +240,7 @@ def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for run in runs:
         flat = {k: v for k, v in flatten(run["config"]).items() if not _ignored(k)}
+        flat.update(run_fields(run))
         key = (eval_split(run), *sorted(flat.items(), key=lambda kv: kv[0]))
         groups.setdefault(key, Group(flat, eval_split(run))).runs.append(run)
     result = list(groups.values())
@@ -246,7 +256,7 @@ def _distinguishing_keys(groups: list[Group]) -> list[str]:
 
     A key that only some groups have (another method's option) and that has one value wherever it is
     present is left out unless it is needed to tell two groups apart."""
-    sections = [f.name for f in dataclasses.fields(Config)]
+    sections = [f.name for f in dataclasses.fields(Config)] + ["run"]
     seen = dict.fromkeys(k for g in groups for k in g.config if k not in IDENTITY_KEYS)
     order = sorted(seen, key=lambda k: sections.index(k.split(".")[0]))
     keys = [k for k in order if len({_hashable(g.config.get(k, MISSING)) for g in groups}) > 1]

@@ -29,7 +29,7 @@ def check_resume(saved: Config, now: Config, epochs_done: int, method_uses_total
     if diff:
         raise UserError(f"--resume: the config differs from the saved run in {diff[0]}; resume with the saved "
                         "settings, or start a new --out")
-    if now.train.epochs == saved.train.epochs:
+    if now.train.epochs == saved.train.epochs or epochs_done == 0:
         return
     change = f"--resume: train.epochs cannot change from {saved.train.epochs} to {now.train.epochs}"
     if now.train.epochs < epochs_done:

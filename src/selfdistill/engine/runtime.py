@@ -32,6 +32,11 @@ def resolve_device(requested: str, ctx: Dist) -> torch.device:
         device = torch.device(requested)
         if device.index is None:
             device = torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            why = f"process {ctx.local_rank} of this machine" if ctx.enabled and requested == "cuda" else requested
+            raise UserError.bad_value("train.device", requested, f"cuda:0 to cuda:{count - 1} (there are {count} "
+                                      f"GPUs here; {why} would need cuda:{device.index})")
         torch.cuda.set_device(device)  # NCCL collectives use the current device
         return device
     return torch.device(requested)

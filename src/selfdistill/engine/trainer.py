@@ -9,8 +9,11 @@ on a CPU with ``train.deterministic`` and the same ``train.threads``).
 Nothing lost: the run directory is locked for the run's life (:class:`~.rundir.RunDir`); the final
 checkpoint holds the final metrics, and the final outputs are written after it with ``metrics.json``
 last, so a run is finished exactly when ``metrics.json`` exists, and ``--resume`` rebuilds any final
-output that is missing. A run that fails before its first checkpoint removes what it wrote, so the
-same command can simply be run again.
+output that is missing or outdated. On resume the checkpoint's config is the saved config, and the
+device kind, precision and thread count must be the ones it was trained with. An attempt that fails
+before the first checkpoint removes what it wrote (a resumed one keeps the ``config.yaml`` it
+resumed), so a command can simply run again; a diverged run is marked so that a rerun with other
+settings moves it aside.
 
 Hot path: data and augmentation stay on the device; per-step statistics are accumulated as device
 tensors and read back once per epoch (and every few steps for the progress bar or a status line),
@@ -35,7 +38,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
-from ..config import Config, read_yaml_file, resolve
+from ..config import Config, differences, read_yaml_file, resolve
 from ..data import Augment, ImageDataset, load_dataset, train_batches
 from ..data.mixing import Mixer, apply_mix
 from ..distributed import (
@@ -100,25 +103,29 @@ class Trainer:
             raise failure
 
     def _abandon(self) -> None:
-        """Undo what the constructor did to the run directory (the lock; the folder if it made it)."""
+        """Undo what the constructor did to the run directory: nothing it found there is changed."""
         if self.run is not None:
-            self.run.release()
-            if self.run.created:
-                with contextlib.suppress(OSError):
-                    self.run.path.rmdir()
+            self.run.abandon()
             self.run = None
         shutdown(self.ctx)
 
     def _build(self, dataset: ImageDataset | None) -> None:
         cfg = self.config
-        self.leftovers: list[str] = []
         if self.out is not None and self.ctx.is_main:
-            self.run = rundir.RunDir.acquire(self.out)
-            self.leftovers = [] if self.resuming else self.run.check_fresh()
+            self.run = rundir.RunDir.acquire(self.out, fresh=not self.resuming)
+            if not self.resuming:
+                self.run.check_fresh()  # what it finds is cleared away only when training starts
         self.checkpoint = self._load_resume_state() if self.resuming and self.out is not None else None
         self.device = resolve_device(cfg.train.device, self.ctx)
         configure_torch(cfg.train, self.device)
         self.precision = Precision.resolve(cfg.train, self.device)
+        self.runtime = {"device": self.device.type, "amp": self.precision.amp,
+                        "channels_last": self.precision.channels_last,
+                        "threads": torch.get_num_threads() if self.device.type == "cpu" else None}
+        if self.checkpoint is not None and self.checkpoint.get("runtime", self.runtime) != self.runtime:
+            raise UserError(f"--resume: the run was trained with {_describe(self.checkpoint['runtime'])}, now with "
+                            f"{_describe(self.runtime)}; it would not end where it would have: resume with the same "
+                            "(--device, --threads, train.amp, train.channels_last)")
         if cfg.data.batch_size % self.ctx.world_size:
             raise UserError.bad_value("data.batch_size", cfg.data.batch_size,
                                       f"a multiple of the number of processes ({self.ctx.world_size})")
@@ -189,20 +196,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def _load_resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint to continue from (None: start from epoch 0 with the saved config), after checking
+        that this config continues the saved run. The checkpoint's config is the saved config; without a
+        checkpoint, ``config.yaml`` is."""
         assert self.out is not None
-        saved_file = self.out / rundir.CONFIG
-        if not saved_file.is_file():
-            raise UserError(f"--resume: nothing to resume in {self.out} (no {rundir.CONFIG})")
-        saved = resolve([read_yaml_file(saved_file, str(saved_file))])
         state = rundir.load_checkpoint(self.out)
-        done = 0 if state is None else _checkpoint_epoch(state, self.out)
-        check_resume(saved, self.config, done, build_method(self.config.method).uses_total_epochs)
-        if state is not None:
-            methods = state.get("method")
-            if not isinstance(methods, list) or len(methods) != self.ctx.world_size:
-                saved_by = len(methods) if isinstance(methods, list) else "?"
-                raise UserError(f"--resume: the run was saved by {saved_by} process(es), now {self.ctx.world_size}; "
-                                "resume with the same number")
+        if state is None:
+            finals = [n for n in rundir.FINAL_OUTPUTS if (self.out / n).exists()]
+            if finals:
+                raise UserError(f"--resume: {self.out} holds {finals[0]} but no {rundir.CHECKPOINT} to continue "
+                                "from; to train this run again, choose a new --out")
+            saved_file = self.out / rundir.CONFIG
+            if not saved_file.is_file():
+                raise UserError(f"--resume: nothing to resume in {self.out} (no {rundir.CONFIG})")
+            saved = resolve([read_yaml_file(saved_file, str(saved_file))])
+        else:
+            saved = resolve_saved_config(state["config"], self.out / rundir.CHECKPOINT)
+            if len(state["method"]) != self.ctx.world_size:
+                raise UserError(f"--resume: the run was saved by {len(state['method'])} process(es), now "
+                                f"{self.ctx.world_size}; resume with the same number")
+        self.saved_epochs = saved.train.epochs
+        check_resume(saved, self.config, 0 if state is None else state["epoch"],
+                     build_method(self.config.method).uses_total_epochs)
         return state
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -221,9 +236,6 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
             raise UserError(f"--resume: {where} does not fit this run ({type(exc).__name__}: "
                             f"{one_line(exc)[:160]}); it belongs to another model or is damaged") from None
-        if len(self.history) != self.start_epoch:
-            raise UserError(f"--resume: {where} is inconsistent ({len(self.history)} log rows for epoch "
-                            f"{self.start_epoch})")
 
     # ------------------------------------------------------------------ one epoch
     def _epoch_batches(self, epoch: int) -> list[torch.Tensor]:
@@ -354,36 +366,58 @@ class Trainer:
         peer = as_peer_failure(exc, self.ctx, self.config.train.dist_timeout)
         if peer is not None:
             return PeerFailure(f"{peer}; {self._what_was_kept()}")
+        if isinstance(exc, RuntimeError) and "does not have a deterministic implementation" in str(exc):
+            return UserError(f"train.deterministic=true: {one_line(exc).split('. ')[0]}; set "
+                             f"train.deterministic=false for this model on this device; {self._what_was_kept()}")
         self._what_was_kept()  # an unexpected error still leaves a directory that a rerun can use
         return exc
 
     def _begin(self) -> None:
         """Rank 0: set up the run directory for training and say what is about to happen."""
         cfg, d = self.config, self.data
-        if self.run is not None:
-            if self.leftovers:
-                self.run.discard_leftovers()
-            saved = self.checkpoint["config"]["train"]["epochs"] if self.checkpoint is not None else None
-            if not self.resuming or saved != cfg.train.epochs:
+        note = ""
+        if self.run is not None and not self.resuming:
+            note = self.run.clear_for_fresh_run()
+            self.run.write_text(rundir.CONFIG, cfg.to_yaml())
+        elif self.run is not None:
+            extending = self.saved_epochs != cfg.train.epochs
+            if extending:
                 (self.run.path / rundir.METRICS).unlink(missing_ok=True)  # an extended run is unfinished again
-                self.run.write_text(rundir.CONFIG, cfg.to_yaml())
-        where = f"into {self.out}" if self.out is not None else "(no --out: nothing is saved)"
-        if self.leftovers:
-            where += f" (replacing the files of a run that never completed an epoch: {', '.join(self.leftovers)})"
-        if self.checkpoint is not None:
-            saved = self.checkpoint["config"]["train"]["epochs"]
-            verb = (f"extending {self.out} from {saved} to {cfg.train.epochs} epochs, resuming after epoch "
-                    f"{self.start_epoch}" if saved != cfg.train.epochs
-                    else f"resuming {self.out} after epoch {self.start_epoch}")
+            note = self._sync_config_file(expected=extending)
+        if self.out is None:
+            verb = "training (no --out: nothing is saved)"
+        elif not self.resuming or self.checkpoint is None:
+            verb = f"training into {self.out}"
+        elif self.saved_epochs != cfg.train.epochs:
+            verb = (f"extending {self.out} from {self.saved_epochs} to {cfg.train.epochs} epochs, resuming after "
+                    f"epoch {self.start_epoch}")
         else:
-            verb = f"training {where}"
-        threads = torch.get_num_threads() if self.device.type == "cpu" else None
+            verb = f"resuming {self.out} after epoch {self.start_epoch}"
+        threads = f", {self.runtime['threads']} threads" if self.runtime["threads"] else ""
+        processes = f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
         self.progress.say(
             f"selfdistill: {verb} | {self.method.name} on {cfg.data.dataset} with {cfg.model.name} "
             f"({count_parameters(self.model):,} parameters) | {len(d.train_labels):,} train / {len(d.test_labels):,} "
-            f"{self.split} images | {self.steps} steps/epoch x {cfg.train.epochs} epochs | {self.device}"
-            + (f", {threads} threads" if threads else "") + (f" x {self.ctx.world_size} processes"
-                                                               if self.ctx.enabled else ""))
+            f"{self.split} images | {self.steps} steps/epoch x {cfg.train.epochs} epochs | {self.device}{threads}"
+            f"{processes}" + (f" | {note}" if note else ""))
+
+    def _sync_config_file(self, expected: bool = False) -> str:
+        """Make ``config.yaml`` say this run's config (the checkpoint's, with this invocation's resumable
+        fields); return a note when it disagreed although no change was ``expected``."""
+        assert self.run is not None
+        path = self.run.path / rundir.CONFIG
+        try:
+            on_disk = resolve([read_yaml_file(path, str(path))]) if path.is_file() else None
+        except UserError:
+            on_disk = None
+        if on_disk is not None and on_disk.to_yaml() == self.config.to_yaml():
+            return ""
+        self.run.write_text(rundir.CONFIG, self.config.to_yaml())
+        if expected:
+            return ""
+        diff = differences(on_disk, self.config) if on_disk is not None else []
+        why = f"disagreed in {diff[0]}" if diff else "was missing or unreadable"
+        return f"{rundir.CONFIG} {why}; rewritten from the checkpoint" if self.checkpoint is not None else ""
 
     def _row(self, epoch: int, result: EpochResult) -> dict[str, Any]:
         cfg, d, s = self.config, self.data, self.split
@@ -402,18 +436,26 @@ class Trainer:
         return row
 
     def _what_was_kept(self, diverged: bool = False) -> str:
-        """The end of a failure's message: what stays in the run directory and what to do next. A run
-        with no checkpoint removes what it wrote, so that the same command can run again."""
-        if self.out is None:
+        """The end of a failure's message: what stays in the run directory and what to do next. An
+        attempt without a checkpoint removes what it wrote, so that a command can simply run again; a
+        diverged run is marked, so that a rerun with other settings may move it aside."""
+        out, again = self.out, "run again with other settings (e.g. a smaller --lr)" if diverged else "run again"
+        if out is None:
             return "nothing was saved (no --out)"
         if self.saved_epoch == 0:
             if self.run is not None:
-                self.run.discard_if_no_progress()
-            return f"no epoch completed, so nothing was kept in {self.out}; the same command can run again"
-        advice = (" with the same settings (to change them, e.g. a smaller --lr, start a new --out)" if diverged
-                  else "")
-        return (f"the checkpoint of epoch {self.saved_epoch} in {self.out} is kept: "
-                f"`selfdistill train --out {self.out} --resume` continues from it{advice}")
+                self.run.discard_if_no_progress(keep_config=self.resuming)
+            if self.resuming:
+                return f"no epoch completed; {out} keeps its {rundir.CONFIG}, so `--resume` can {again}"
+            return f"no epoch completed, so nothing was kept in {out}; the command can {again}"
+        kept = f"the checkpoint of epoch {self.saved_epoch} in {out} is kept"
+        if not diverged:
+            return f"{kept}: `selfdistill train --out {out} --resume` continues from it"
+        if self.run is not None:
+            with contextlib.suppress(OutputError):
+                self.run.write_json(rundir.DIVERGED, {"epoch": self.saved_epoch})
+        return (f"{kept}: a new run with other settings (e.g. a smaller --lr) into the same --out moves this one "
+                "aside into diverged-N/; --resume would retry with the same settings")
 
     def _save(self, epochs_done: int, wall_start: float, metrics: dict[str, Any] | None) -> None:
         """Checkpoint (rank 0 writes; every rank sends its method state), then log.csv."""
@@ -427,7 +469,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "method": method_states,
             "history": self.history, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "wall_seconds": self.previous_wall + time.perf_counter() - wall_start, "last_eval": self.last_eval,
-            "metrics": metrics})
+            "metrics": metrics, "runtime": self.runtime})
         self.saved_epoch = epochs_done
         self.run.write_log(self.history)
 
@@ -446,7 +488,8 @@ class Trainer:
             "steps_per_epoch": self.steps, "batch_size": cfg.data.batch_size, "label_noise": cfg.data.label_noise,
             "train_subset": cfg.data.train_subset, "parameters": count_parameters(self.model),
             "extra_parameters": count_parameters(self.extras), "peak_memory_mb": peak_memory_mb(self.device),
-            "world_size": self.ctx.world_size, "device": str(self.device),
+            "world_size": self.ctx.world_size, "device": str(self.device), "amp": self.precision.amp,
+            "channels_last": self.precision.channels_last,
             f"best_epoch_selected_on_{s}": best["epoch"], f"best_{s}_top1_selected_on_{s}": best[f"{s}_top1"],
             "reliability": self.last_eval.get("reliability"), "code": code_version(),
         }
@@ -465,35 +508,57 @@ class Trainer:
             write_model_card(model_path, card)
         except OSError as exc:
             raise OutputError(f"could not write {self.run.path / rundir.MODEL_CARD}: {exc.strerror or exc}") from None
+        (self.run.path / rundir.DIVERGED).unlink(missing_ok=True)  # a resumed run that had diverged is now done
         self.run.write_json(rundir.METRICS, metrics)
 
     def _complete_finished_run(self) -> dict[str, Any]:
-        """``--resume`` of a run whose last epoch is checkpointed: write whatever final output is missing."""
-        missing = self.run.missing_final_outputs() if self.run is not None else []
+        """``--resume`` of a run whose last epoch is checkpointed: write whatever final output is missing or
+        does not match the checkpoint, ``metrics.json`` last."""
+        saved = self.out / rundir.METRICS
         metrics = self.final_metrics
         if metrics is None:  # a checkpoint written before checkpoints carried the final metrics
-            saved = self.out / rundir.METRICS
             if not saved.is_file():
-                raise UserError(f"--resume: {self.out} lacks {', '.join(missing)} and its checkpoint predates the "
-                                "final metrics it would need to rebuild them")
-            metrics = json.loads(saved.read_text())
-        if not missing:
-            self.progress.say(f"selfdistill: {self.out} is already finished ({self.start_epoch} epochs); nothing to do")
+                raise UserError(f"--resume: {self.out} lacks {rundir.METRICS} and its checkpoint predates the final "
+                                "metrics it would need to rebuild it")
+            metrics = _read_json(saved)
+        if self.run is None:
             return metrics
-        self.progress.say(f"selfdistill: {self.out} finished its {self.start_epoch} epochs; writing the missing "
-                          f"{', '.join(missing)} from its final checkpoint")
-        if self.run is not None:
-            (self.run.path / rundir.METRICS).unlink(missing_ok=True)
-            self.run.write_log(self.history)
-            self._write_final_outputs(metrics)
+        note = self._sync_config_file()
+        missing = self.run.missing_final_outputs()
+        if not missing and saved.is_file() and _read_json(saved) != metrics:
+            missing = [rundir.METRICS]  # the metrics of an earlier end, e.g. of a run whose extension was undone
+        if not missing:
+            self.progress.say(f"selfdistill: {self.out} is already finished ({self.start_epoch} epochs); nothing to do"
+                              + (f" | {note}" if note else ""))
+            return metrics
+        self.progress.say(f"selfdistill: {self.out} finished its {self.start_epoch} epochs; writing the missing or "
+                          f"outdated {', '.join(missing)} from its final checkpoint" + (f" | {note}" if note else ""))
+        saved.unlink(missing_ok=True)
+        self.run.write_log(self.history)
+        self._write_final_outputs(metrics)
         return metrics
 
 
-def _checkpoint_epoch(state: dict[str, Any], out: Path) -> int:
-    epoch = state.get("epoch")
-    if not isinstance(epoch, int) or epoch < 0:
-        raise UserError(f"--resume: {out / rundir.CHECKPOINT} is damaged (no valid epoch)")
-    return epoch
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}); delete it and --resume rebuilds it") from None
+
+
+def _describe(runtime: dict[str, Any]) -> str:
+    parts = [runtime.get("device", "?"), "bf16" if runtime.get("amp") else "fp32"]
+    parts += ["channels_last"] if runtime.get("channels_last") else []
+    parts += [f"{runtime['threads']} threads"] if runtime.get("threads") else []
+    return ", ".join(parts)
+
+
+def resolve_saved_config(saved: dict[str, Any], where: Path) -> Config:
+    """The config stored in a checkpoint, resolved; one that no longer resolves is a ``UserError``."""
+    try:
+        return resolve([saved])
+    except UserError as exc:
+        raise UserError(f"{where} holds a config this version cannot use ({exc})") from None
 
 
 def code_version() -> str:
