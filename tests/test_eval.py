@@ -39,6 +39,7 @@ def copy_run(trained, tmp_path, card=True):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(trained[0] / "model.pt", run / "model.pt")
+    shutil.copy(trained[0] / "metrics.json", run / "metrics.json")  # the mark of a finished run
     if card:
         shutil.copy(trained[0] / "model.json", run / "model.json")
     return run
