@@ -650,7 +650,7 @@ def test_the_cache_is_not_written_through_a_symlink_at_a_predictable_name(tmp_pa
     read_image_folder(root, 8)
     assert outside.read_text() == "precious"
     assert cache.is_file() and not cache.is_symlink()
-    assert not fileio.stale_temporaries(cache_home)
+    assert not [p for p in cache_home.iterdir() if fileio.temporary_target(p.name)]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "wrong_keys", "wrong_shape", "wrong_labels",

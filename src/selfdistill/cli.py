@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import Config, load_yaml, nested, parse_assignment, read_yaml_file, resolve
+from .config import Config, load_yaml, nested, parse_assignment, resolve
 from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean, printable_line
 from .fileio import unused_path
 
@@ -153,7 +153,9 @@ def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.resume:
         if not args.out:
             raise UserError("--resume needs --out, the run directory to continue")
-        layers.append(saved_config(Path(args.out)))
+        from .engine.rundir import resume_point
+
+        layers.append(resume_point(Path(args.out), mmap=True)[0])  # the trainer loads the tensors itself
     if args.config:
         layers.append(load_yaml(args.config))
     for flag, key in TRAIN_FLAGS.items():
@@ -166,20 +168,6 @@ def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
         f"{config.method['name']}-{config.data.dataset}-{config.model.name}-s{config.train.seed}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))
     return config, out
-
-
-def saved_config(out: Path) -> dict[str, Any]:
-    """What ``--resume`` starts from: the config in the checkpoint (the authority: ``config.yaml`` may be
-    missing, stale or edited), or ``config.yaml`` when no epoch has completed."""
-    from .engine.rundir import load_checkpoint
-
-    state = load_checkpoint(out)
-    if state is not None:
-        return state["config"]
-    saved = out / "config.yaml"
-    if not saved.is_file():
-        raise UserError(f"--resume: nothing to resume in {out} (no config.yaml)")
-    return read_yaml_file(saved, str(saved))
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:

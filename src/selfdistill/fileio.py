@@ -9,8 +9,8 @@ the rename so the new name survives a power cut. On any error or interruption th
 removed and the target keeps its previous content; the error (``OSError`` for a full disk) propagates
 for the caller to report.
 
-Temporary files are named ``.<target name>.<random>.tmp``; :func:`stale_temporaries` finds the ones a
-killed process left behind.
+Temporary files are named ``.<target name>.<random>.tmp``; :func:`temporary_target` recognises the
+ones a killed process left behind.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
+TEMPORARY = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{6,}\.tmp$")
 
 
 def _umask() -> int:
@@ -103,11 +103,11 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, buffer.getbuffer())
 
 
-def stale_temporaries(folder: Path) -> list[Path]:
-    """Temporary files that an interrupted :func:`atomic_write_bytes` left in ``folder``."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if TEMPORARY.match(p.name) and p.is_file() and not p.is_symlink())
+def temporary_target(name: str) -> str | None:
+    """The name of the file that a temporary of :func:`atomic_write_bytes` called ``name`` was to replace;
+    None if ``name`` is not such a temporary."""
+    match = TEMPORARY.match(name)
+    return match.group(1) if match else None
 
 
 def unused_path(base: str | Path) -> Path:

@@ -34,11 +34,12 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from .. import fileio
+from ..config import read_yaml_file
 from ..errors import OutputError, UserError
 
 LOCK = ".lock"
@@ -53,14 +54,17 @@ FINAL_OUTPUTS = (MODEL, MODEL_CARD, METRICS)  # written in this order after the 
 RUN_FILES = (CONFIG, CHECKPOINT, LOG, *FINAL_OUTPUTS, DIVERGED)
 TENSORBOARD_PREFIX = "events.out.tfevents."
 ARCHIVE = re.compile(r"^diverged-\d+$")
-OUR_TEMPORARY = re.compile(r"^\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[A-Za-z0-9_]{6,}\.tmp$")
 CHECKPOINT_VERSION = 1
 NO_PROGRESS_FILES = (CONFIG, LOG)  # what a run that never finished an epoch may have left
 
 
 def _is_run_file(name: str) -> bool:
-    return (name in (LOCK, *RUN_FILES) or name.startswith(TENSORBOARD_PREFIX) or OUR_TEMPORARY.match(name) is not None
+    return (name in (LOCK, *RUN_FILES) or name.startswith(TENSORBOARD_PREFIX) or _is_our_temporary(name)
             or ARCHIVE.match(name) is not None)
+
+
+def _is_our_temporary(name: str) -> bool:
+    return fileio.temporary_target(name) in RUN_FILES
 
 
 def _refuse_foreign(path: Path) -> None:
@@ -99,7 +103,7 @@ class RunDir:
             _remove_empty(created)
             raise
         for stale in path.iterdir():
-            if OUR_TEMPORARY.match(stale.name) and stale.is_file() and not stale.is_symlink():
+            if _is_our_temporary(stale.name) and stale.is_file() and not stale.is_symlink():
                 stale.unlink(missing_ok=True)
         return cls(path, fd, created, created_lock)
 
@@ -181,20 +185,21 @@ class RunDir:
 
     # ------------------------------------------------------------------ writing
     def write_text(self, name: str, text: str) -> None:
-        self._write(name, lambda path: fileio.atomic_write_text(path, text))
+        self.write(name, lambda path: fileio.atomic_write_text(path, text))
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
-        self._write(name, lambda path: fileio.atomic_write_json(path, data))
+        self.write(name, lambda path: fileio.atomic_write_json(path, data))
 
     def write_torch(self, name: str, obj: Any) -> None:
-        self._write(name, lambda path: fileio.atomic_torch_save(path, obj))
+        self.write(name, lambda path: fileio.atomic_torch_save(path, obj))
 
     def write_log(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite log.csv from all epoch rows."""
         if rows:
             self.write_text(LOG, format_log(rows))
 
-    def _write(self, name: str, write: Any) -> None:
+    def write(self, name: str, write: Callable[[Path], None]) -> None:
+        """Run ``write(path of name)``; a failed write is an ``OutputError`` naming the file."""
         path = self.path / name
         try:
             write(path)
@@ -272,14 +277,32 @@ def _read_pid(fd: int) -> str:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def load_checkpoint(out: Path) -> dict[str, Any] | None:
+def resume_point(out: Path, mmap: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What ``--resume`` continues in ``out``: the saved config (unresolved) and the checkpoint. The
+    checkpoint's config is the authority (``config.yaml`` may be missing, stale or edited); without a
+    checkpoint, ``config.yaml`` is, and training starts from epoch 0. ``mmap`` leaves the tensors on
+    disk, for a caller that only wants the config."""
+    state = load_checkpoint(out, mmap)
+    if state is not None:
+        return state["config"], state
+    finals = [name for name in FINAL_OUTPUTS if (out / name).exists()]
+    if finals:
+        raise UserError(f"--resume: {out} holds {finals[0]} but no {CHECKPOINT} to continue from; to train this "
+                        "run again, choose a new --out")
+    saved = out / CONFIG
+    if not saved.is_file():
+        raise UserError(f"--resume: nothing to resume in {out} (no {CONFIG})")
+    return read_yaml_file(saved, str(saved)), None
+
+
+def load_checkpoint(out: Path, mmap: bool = False) -> dict[str, Any] | None:
     """The checkpoint in ``out``, checked; None if there is none. One that cannot be read, or that lacks
     or mistypes anything a resume needs, is a ``UserError`` naming the first problem."""
     path = out / CHECKPOINT
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # a truncated or foreign file: say so in one line
         raise UserError(f"{path} cannot be loaded as a checkpoint ({type(exc).__name__}); it is damaged or not "
                         "selfdistill's: move it away to start afresh") from None

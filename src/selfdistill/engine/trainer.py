@@ -200,18 +200,11 @@ class Trainer:
         that this config continues the saved run. The checkpoint's config is the saved config; without a
         checkpoint, ``config.yaml`` is."""
         assert self.out is not None
-        state = rundir.load_checkpoint(self.out)
+        raw, state = rundir.resume_point(self.out)
         if state is None:
-            finals = [n for n in rundir.FINAL_OUTPUTS if (self.out / n).exists()]
-            if finals:
-                raise UserError(f"--resume: {self.out} holds {finals[0]} but no {rundir.CHECKPOINT} to continue "
-                                "from; to train this run again, choose a new --out")
-            saved_file = self.out / rundir.CONFIG
-            if not saved_file.is_file():
-                raise UserError(f"--resume: nothing to resume in {self.out} (no {rundir.CONFIG})")
-            saved = resolve([read_yaml_file(saved_file, str(saved_file))])
+            saved = resolve([raw])
         else:
-            saved = resolve_saved_config(state["config"], self.out / rundir.CHECKPOINT)
+            saved = resolve_saved_config(raw, self.out / rundir.CHECKPOINT)
             if len(state["method"]) != self.ctx.world_size:
                 raise UserError(f"--resume: the run was saved by {len(state['method'])} process(es), now "
                                 f"{self.ctx.world_size}; resume with the same number")
@@ -504,10 +497,7 @@ class Trainer:
         card = ModelCard(model=cfg.model.name, num_classes=d.num_classes, in_channels=d.in_channels,
                          image_size=self.image_size, pad_to=cfg.data.pad_to, mean=list(d.mean), std=list(d.std),
                          dataset=cfg.data.dataset, method=self.method.name, weights_sha256=weights_sha256(model_path))
-        try:
-            write_model_card(model_path, card)
-        except OSError as exc:
-            raise OutputError(f"could not write {self.run.path / rundir.MODEL_CARD}: {exc.strerror or exc}") from None
+        self.run.write(rundir.MODEL_CARD, lambda _: write_model_card(model_path, card))
         (self.run.path / rundir.DIVERGED).unlink(missing_ok=True)  # a resumed run that had diverged is now done
         self.run.write_json(rundir.METRICS, metrics)
 
