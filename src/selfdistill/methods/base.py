@@ -14,6 +14,14 @@ Before training the engine calls :meth:`Method.setup` once with the model and th
 method can size auxiliary heads from the real channel counts, ask for feature taps, or refuse a
 model it cannot work with. A method never runs backward or steps the optimiser; the engine never
 asks which method it runs.
+
+Teachers: a method that distils frozen networks says how many it takes (``teachers_needed``). The
+engine builds them (``--teacher``), hands them to :meth:`Method.setup` in ``SetupContext.teachers``,
+forwards each once per step on the same augmented rows as the student, without gradient, and gives
+their logits and the taps the method asks for (:meth:`Method.teacher_taps`) as ``out.teachers``::
+
+    z_t = out.teachers[0].logits                 # row-aligned with out.logits
+    f_t = out.teachers[0].features["layer3"]     # a tap of teacher 0
 """
 
 from __future__ import annotations
@@ -134,10 +142,18 @@ class Batch:
 
 @dataclass
 class Outputs:
-    """What the forward produced: logits for every row, plus any tapped features by name."""
+    """What the forward produced: logits for every row, plus any tapped features by name. ``others``
+    holds the other networks' outputs on the same rows by role (``teacher``, or ``teacher1``,
+    ``teacher2``, ... when there are several); they carry no gradient."""
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    others: dict[str, Outputs] = field(default_factory=dict)
+
+    @property
+    def teachers(self) -> list[Outputs]:
+        """The frozen teachers' outputs, in the order the teachers were given."""
+        return [out for role, out in self.others.items() if role.startswith("teacher")]
 
 
 @dataclass
@@ -153,6 +169,8 @@ class SetupContext:
     device: torch.device
     dist: Dist = field(default_factory=Dist)
     mixing: bool = False
+    teachers: list[nn.Module] = field(default_factory=list)  # frozen, in eval mode, on ``device``
+    teacher_names: list[str] = field(default_factory=list)  # their architectures' names
 
 
 @dataclass
@@ -174,6 +192,7 @@ class Method:
     supports_mixing: ClassVar[bool] = True  # False: refuses mixup/CutMix (the method's targets need clean rows)
     min_batch_size: ClassVar[int] = 1
     uses_total_epochs: ClassVar[bool] = False  # True: what it does depends on train.epochs (no extension on resume)
+    teachers_needed: ClassVar[tuple[int, int | None]] = (0, 0)  # fewest and most frozen teachers (None: any)
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -186,6 +205,10 @@ class Method:
     def taps(self) -> tuple[str, ...]:
         """Feature taps (module paths) this method reads from :class:`Outputs`."""
         return ()
+
+    def teacher_taps(self) -> list[tuple[str, ...]]:
+        """Feature taps on each teacher, by teacher position (known after :meth:`setup`)."""
+        return []
 
     def modules(self) -> dict[str, nn.Module]:
         """Training-only trainable modules (auxiliary heads); never part of the saved model."""

@@ -44,6 +44,14 @@ class MethodStack(Method):
         self.term_names = tuple(names)
         self.min_batch_size = max(m.min_batch_size for m in members)
         self.uses_total_epochs = any(m.uses_total_epochs for m in members)
+        fewest = max(m.teachers_needed[0] for m in members)
+        limits = [m.teachers_needed[1] for m in members if m.teachers_needed[1] is not None and
+                  m.teachers_needed != (0, 0)]
+        most = min(limits) if limits else (None if any(m.teachers_needed[1] is None for m in members) else 0)
+        if most is not None and fewest > most:
+            raise UserError(f"method.name={self.name!r}: its members disagree on the number of teachers "
+                            f"(at least {fewest}, at most {most})")
+        self.teachers_needed = (fewest, most)
 
     def setup(self, ctx: SetupContext) -> None:
         if ctx.mixing:
@@ -57,6 +65,11 @@ class MethodStack(Method):
     @property
     def taps(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t for m in self.members for t in m.taps))
+
+    def teacher_taps(self) -> list[tuple[str, ...]]:
+        per_member = [m.teacher_taps() for m in self.members]
+        count = max(map(len, per_member), default=0)
+        return [tuple(dict.fromkeys(t for taps in per_member if k < len(taps) for t in taps[k])) for k in range(count)]
 
     def modules(self) -> dict[str, nn.Module]:
         return {m.name: nn.ModuleDict(m.modules()) for m in self.members if m.modules()}
