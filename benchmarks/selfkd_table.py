@@ -35,7 +35,7 @@ VARIANTS = [
     Variant("ps_kd", "ps_kd"),
     Variant("tf_kd_reg", "tf_kd_reg"),
     Variant("byot", "byot"),
-    Variant("tf_kd_self", "tf_kd_self", sets=("method.teacher={run:ce}",), stage=1),
+    Variant("tf_kd_self", "tf_kd_self", sets=("teachers=[{run:ce}]",), stage=1),
 ]
 
 

@@ -192,12 +192,12 @@ def test_tf_kd_reg_virtual_teacher_in_both_variants():
 
 
 def test_tf_kd_self_needs_a_teacher_and_learns_from_one(tmp_path):
-    with pytest.raises(UserError, match="method.teacher"):
+    with pytest.raises(UserError, match="needs a teacher"):
         Trainer(small_config(method={"name": "tf_kd_self"}))
     train(small_config(), tmp_path / "teacher")
-    student = Trainer(small_config(method={"name": "tf_kd_self", "teacher": str(tmp_path / "teacher")},
+    student = Trainer(small_config(method={"name": "tf_kd_self"}, teachers=[str(tmp_path / "teacher")],
                                    train={"epochs": 3, "progress": False}))
-    teacher = student.method.members[0].teacher
+    teacher = student.teachers[0].module
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
     student.fit()
     kl = [row["tfkd_self_kl"] for row in student.history]

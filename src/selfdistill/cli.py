@@ -88,6 +88,10 @@ def build_parser() -> Parser:
                                         f"(default: {_default('method.name')})")
     train.add_argument("--dataset", help=f"`selfdistill datasets` (default: {_default('data.dataset')})")
     train.add_argument("--model", help=f"`selfdistill models` (default: {_default('model.name')})")
+    train.add_argument("--teacher", action="append", metavar="RUN|PATH:ARCH",
+                       help="a frozen teacher: a finished run directory, or a weights file with its architecture "
+                            "(model.pt, checkpoint.pt, or a RepDistiller/mdistiller ckpt_epoch_240.pth); repeat "
+                            "for several (default: none)")
     train.add_argument("--epochs", type=int, help=f"(default: {_default('train.epochs')})")
     train.add_argument("--seed", type=int, help=f"seeds data order, augmentation, init, subset, noise "
                                                 f"(default: {_default('train.seed')})")
@@ -162,6 +166,8 @@ def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
         value = getattr(args, flag)
         if value is not None:
             layers.append(nested(key, value))
+    if args.teacher:
+        layers.append({"teachers": list(args.teacher)})
     layers += [parse_assignment(item) for item in args.set]
     config = resolve(layers)
     out = Path(args.out) if args.out else unused_path(Path("runs") / (

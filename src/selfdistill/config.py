@@ -128,6 +128,7 @@ class TrainConfig:
 @dataclass
 class Config:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
+    teachers: list[dict[str, Any]] = field(default_factory=list)  # frozen teachers: {path, model}, see teachers.py
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -365,13 +366,25 @@ def resolve(layers: list[dict[str, Any]]) -> Config:
         raise UserError(f"unknown config section {first!r}{did_you_mean(first, allowed.split(', '))}; allowed: "
                         f"{allowed}")
     method = raw.pop("method")
+    teachers = raw.pop("teachers")
     for section, value in raw.items():
         if not isinstance(value, dict):
             raise UserError(f"config section {section!r} must be a mapping of keys, got {value!r}")
     config = build_dataclass(Config, raw, "")
     config.method = _resolve_method(method)
+    config.teachers = _resolve_teachers(teachers)
     validate(config)
     return config
+
+
+def _resolve_teachers(teachers: Any) -> list[dict[str, Any]]:
+    from .teachers import parse_teacher  # knows the architectures by name
+
+    if teachers is None:
+        return []
+    if not isinstance(teachers, list):
+        teachers = [teachers]
+    return [parse_teacher(entry, f"teachers[{k}]").to_dict() for k, entry in enumerate(teachers)]
 
 
 def _resolve_method(method: Any) -> dict[str, Any]:
@@ -446,9 +459,25 @@ def validate(config: Config) -> None:
 
     from .methods import build_method
 
-    minimum = build_method(config.method).min_batch_size
+    method = build_method(config.method)
+    _check_teacher_count(config.method["name"], method.teachers_needed, len(config.teachers))
+    minimum = method.min_batch_size
     require(d.batch_size >= minimum, "data.batch_size", d.batch_size,
             f"an integer >= {minimum} for method {config.method['name']}")
+
+
+def _check_teacher_count(name: str, needed: tuple[int, int | None], given: int) -> None:
+    fewest, most = needed
+    if most == 0 and given:
+        raise UserError(f"method {name} takes no teacher, but {given} was given (--teacher / teachers:); drop it, "
+                        "or choose a method that distils one (kd, dkd, dist, ...; `selfdistill methods`)")
+    if given < fewest:
+        what = "a teacher" if fewest == 1 else f"at least {fewest} teachers"
+        raise UserError(f"method {name} needs {what}, got {given}: add --teacher RUN_DIR (a finished run) or "
+                        "--teacher PATH:ARCH (a weights file and its architecture)" + (
+                            ", once per teacher" if fewest > 1 else ""))
+    if most is not None and given > most:
+        raise UserError(f"method {name} takes at most {most} teacher(s), got {given}")
 
 
 def differences(a: Config, b: Config, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:

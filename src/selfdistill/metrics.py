@@ -132,3 +132,63 @@ class EvalAccumulator:
                 "count": [round(c) for c in self._part("bin_count").tolist()],
                 "confidence_sum": self._part("bin_confidence").tolist(),
                 "correct": [round(c) for c in self._part("bin_correct").tolist()]}
+
+
+def teacher_probs(logits: list[torch.Tensor]) -> torch.Tensor:
+    """The teachers' predictive distribution: softmax of one teacher, or the ensemble's mean of the
+    members' probabilities (Hinton et al. 2015; Stanton et al. 2021), in float32."""
+    return torch.stack([F.softmax(z.float(), dim=1) for z in logits]).mean(0)
+
+
+class FidelityAccumulator:
+    """How closely a student follows its teacher (Stanton et al., NeurIPS 2021), as running sums in one
+    float64 ``state``: ``[count, top-1 agreements, predictive KL sum]``.
+
+    * top-1 agreement: percent of images where the student's and the teacher's argmax agree;
+    * predictive KL: mean over images of KL(p_teacher || p_student) at temperature 1, in nats, where
+      p_teacher is the ensemble's mean of probabilities when there are several teachers.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.state = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def add(self, student_logits: torch.Tensor, teacher: torch.Tensor) -> None:
+        """``teacher``: the teachers' probabilities for the same rows (see :func:`teacher_probs`)."""
+        log_student = F.log_softmax(student_logits.float(), dim=1)
+        agree = (log_student.argmax(1) == teacher.argmax(1)).double().sum()
+        kl = F.kl_div(log_student, teacher, reduction="sum").double()
+        self.state += torch.stack([torch.tensor(float(len(teacher)), dtype=torch.float64, device=self.state.device),
+                                   agree, kl])
+
+    def agreement(self) -> float:
+        return 100.0 * float(self.state[1] / self.state[0].clamp_min(1))
+
+    def predictive_kl(self) -> float:
+        return float(self.state[2] / self.state[0].clamp_min(1))
+
+
+class TeacherDiagnostics:
+    """The teacher's own quality and the dark knowledge in its predictions, over a whole split:
+    top-1, NLL and ECE (an :class:`EvalAccumulator` over its probabilities), the mean entropy of its
+    predictions, and the mean non-target entropy: the entropy of its distribution over the classes other
+    than the true label, renormalised to sum to 1 (in nats; at most log(K - 1)). Label smoothing in the
+    teacher's training flattens the non-target distribution's structure (Müller et al. 2019), and the
+    similarity information it carries is what the student learns beyond the label (Vats & Crandall)."""
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.eval = EvalAccumulator(num_classes, device=device)
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [entropy sum, non-target entropy sum]
+
+    def add(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        self.eval.add_probs(probs, labels)
+        plogp = probs * probs.clamp_min(1e-30).log()
+        entropy = -plogp.sum(1)
+        other = probs.scatter(1, labels[:, None], 0.0)
+        q = other / other.sum(1, keepdim=True).clamp_min(1e-30)
+        nontarget = -(q * q.clamp_min(1e-30).log()).sum(1)
+        self.sums += torch.stack([entropy.double().sum(), nontarget.double().sum()])
+
+    def summary(self) -> dict[str, float]:
+        count = max(self.eval.count, 1)
+        return {"top1": self.eval.top1(), "nll": self.eval.nll(), "ece": self.eval.ece(),
+                "entropy": float(self.sums[0]) / count, "nontarget_entropy": float(self.sums[1]) / count}

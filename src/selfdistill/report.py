@@ -202,11 +202,20 @@ def run_fields(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ignored(key: str) -> bool:
-    """Fields left out of grouping: those that do not change results, and a method's ``teacher`` path (each
-    seed's student usually has the teacher of its own seed; the path names a run, not a setting)."""
-    if key.startswith("method.") and key.rsplit(".", 1)[-1] == "teacher":
-        return True
+    """Fields left out of grouping: those that do not change results, and the teachers' paths (each seed's
+    student usually has the teacher of its own seed; a path names a run, not a setting); the teachers'
+    architectures stay (``teachers.model``)."""
     return any(key == f or key.startswith(f"{f}.") for f in REPORT_IGNORED_FIELDS)
+
+
+def grouping_fields(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's flattened config fields that tell experiments apart (see :func:`_ignored`); the teachers
+    are their architectures, as the run resolved them (``metrics.json``)."""
+    config = {k: v for k, v in run["config"].items() if k != "teachers"}
+    sources = run.get("teachers") or run["config"].get("teachers") or []
+    if sources:
+        config["teachers"] = tuple(str(t.get("model")) for t in sources)
+    return {k: v for k, v in flatten(config).items() if not _ignored(k)}
 
 
 @dataclass
@@ -239,7 +248,7 @@ def group_runs(runs: list[dict[str, Any]]) -> list[Group]:
     """Groups of comparable runs, each with its distinguishing fields and a label, sorted by those."""
     groups: dict[tuple, Group] = {}
     for run in runs:
-        flat = {k: v for k, v in flatten(run["config"]).items() if not _ignored(k)}
+        flat = grouping_fields(run)
         flat.update(run_fields(run))
         key = (eval_split(run), *sorted(flat.items(), key=lambda kv: kv[0]))
         groups.setdefault(key, Group(flat, eval_split(run))).runs.append(run)

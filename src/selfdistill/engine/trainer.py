@@ -55,13 +55,16 @@ from ..methods import Batch, Outputs, build_method
 from ..methods.base import SetupContext
 from ..modelcard import ModelCard, weights_sha256, write_model_card
 from ..models import FeatureTaps, build_model, count_parameters
+from ..teachers import DataShape, TeacherSpec, check_unchanged, load_teacher, teacher_roles
 from . import rundir, tensorboard
-from .evaluate import evaluate
+from .evaluate import TeacherPredictions, evaluate, teacher_predictions
+from .networks import FrozenNetwork
 from .optim import LRSchedule, make_optimizer
 from .progress import Progress
 from .resume import check_resume
 from .runtime import GroupedForward, Precision, configure_torch, derive_seed, resolve_device
 
+TEACHER_FIGURES = ("top1", "nll", "ece", "entropy", "nontarget_entropy")  # TeacherDiagnostics.summary()
 CHECK_EVERY = 25  # steps between checks for a non-finite loss (each check is one device sync)
 
 
@@ -147,10 +150,15 @@ class Trainer:
         model = build_model(cfg.model.name, d.num_classes, d.in_channels, self.image_size)
         self.model = self.precision.model(model).to(self.device)
         self._probe()
+        self.teachers = self._build_teachers()
         self.method = build_method(cfg.method)
         self.method.setup(SetupContext(self.model, cfg.model.name, d.num_classes,
                                        (d.in_channels, self.image_size, self.image_size), d.train_labels,
-                                       cfg.train.epochs, self.device, self.ctx, self.mixer is not None))
+                                       cfg.train.epochs, self.device, self.ctx, self.mixer is not None,
+                                       [t.module for t in self.teachers], [s.model for s in self.teacher_sources]))
+        for teacher, paths in zip(self.teachers, self.method.teacher_taps()):
+            teacher.tap(paths)
+        self.teacher_eval: TeacherPredictions | None = None  # the teachers' test predictions, made once
         self.extras = self.precision.model(nn.ModuleDict(self.method.modules())).to(self.device)
         self.taps = FeatureTaps(self.model, list(self.method.taps)) if self.method.taps else None
         self.train_labels_cpu = d.train_labels.cpu()
@@ -193,6 +201,26 @@ class Trainer:
                             "--set data.pad_to=32") from None
         finally:
             self.model.train()
+
+    def _build_teachers(self) -> list[FrozenNetwork]:
+        """Load, check and place the frozen teachers; probe each with two training images."""
+        cfg, d = self.config, self.data
+        shape = DataShape(d.num_classes, d.in_channels, self.image_size, list(d.mean), list(d.std))
+        loaded = [load_teacher(TeacherSpec(**entry), shape, f"teachers[{k}]") for k, entry in enumerate(cfg.teachers)]
+        self.teacher_sources = [t.source for t in loaded]
+        if self.checkpoint is not None:
+            check_unchanged(self.checkpoint.get("teachers") or [], self.teacher_sources)
+        teachers = [FrozenNetwork(role, t.net, t.input_map, self.precision, self.device, cfg.train.compile)
+                    for role, t in zip(teacher_roles(len(loaded)), loaded)]
+        x = self.precision.inputs(self.augment.eval(d.train_images[:2]))
+        for k, teacher in enumerate(teachers):
+            try:
+                teacher(x)
+            except RuntimeError as exc:
+                c, h, w = x.shape[1:]
+                raise UserError(f"teachers[{k}] ({self.teacher_sources[k].model}) cannot take {c}x{h}x{w} images "
+                                f"({one_line(exc)[:160]})") from None
+        return teachers
 
     # ------------------------------------------------------------------ resume
     def _load_resume_state(self) -> dict[str, Any] | None:
@@ -270,10 +298,11 @@ class Trainer:
                 batch.mix = self.mixer.draw(batch.images, batch.labels, aug_gen)
             batch = self.method.extend(batch)
             batch.inputs = self._inputs(batch, aug_gen)
+            others = {teacher.role: teacher(batch.inputs) for teacher in self.teachers}
             with self.precision.autocast():
                 with self.taps.record() if self.taps else contextlib.nullcontext():
                     logits = self.forward(batch.inputs, batch.forward_splits())
-                out = Outputs(logits, dict(self.taps.features) if self.taps else {})
+                out = Outputs(logits, dict(self.taps.features) if self.taps else {}, others)
                 terms = self.method.losses(out, batch)
             self.method.update(out, batch)
             loss = torch.stack(list(terms.values())).sum()
@@ -387,10 +416,11 @@ class Trainer:
         else:
             verb = f"resuming {self.out} after epoch {self.start_epoch}"
         threads = f", {self.runtime['threads']} threads" if self.runtime["threads"] else ""
+        teachers = "".join(f" | {t.role} {src.model} ({src.path})" for t, src in zip(self.teachers, self.teacher_sources))
         processes = f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
         self.progress.say(
             f"selfdistill: {verb} | {self.method.name} on {cfg.data.dataset} with {cfg.model.name} "
-            f"({count_parameters(self.model):,} parameters) | {len(d.train_labels):,} train / {len(d.test_labels):,} "
+            f"({count_parameters(self.model):,} parameters){teachers} | {len(d.train_labels):,} train / {len(d.test_labels):,} "
             f"{self.split} images | {self.steps} steps/epoch x {cfg.train.epochs} epochs | {self.device}{threads}"
             f"{processes}" + (f" | {note}" if note else ""))
 
@@ -418,15 +448,39 @@ class Trainer:
                                "train_top1": result.train_top1, f"{s}_top1": None, f"{s}_nll": None,
                                f"{s}_ece": None, "images_per_s": result.rows / max(result.seconds, 1e-9),
                                "seconds": result.seconds, "images_seen": self.images_seen}
+        if self.teachers:
+            row.update({f"{s}_agreement": None, f"{s}_teacher_kl": None,
+                        **{f"teacher_{s}_{k}": None for k in TEACHER_FIGURES}})
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            acc = evaluate(self.model, d.test_images, d.test_labels, d.num_classes, self.augment,
-                           cfg.data.eval_batch_size, self.precision, self.ctx)
+            if self.teachers and self.teacher_eval is None:
+                self.teacher_eval = teacher_predictions([t.logits for t in self.teachers], d.test_images,
+                                                        d.test_labels, d.num_classes, self.augment,
+                                                        cfg.data.eval_batch_size, self.precision, self.ctx)
+            acc, fidelity = evaluate(self.model, d.test_images, d.test_labels, d.num_classes, self.augment,
+                                     cfg.data.eval_batch_size, self.precision, self.ctx, self.teacher_eval)
             if not math.isfinite(acc.nll()):
                 raise TrainingDiverged(f"the {s} NLL is {acc.nll()} after epoch {epoch + 1}: the model's predictions "
                                        "are no longer finite, though the training loss is")
             row.update({f"{s}_top1": acc.top1(), f"{s}_nll": acc.nll(), f"{s}_ece": acc.ece()})
+            if fidelity is not None and self.teacher_eval is not None:
+                row.update({f"{s}_agreement": fidelity.agreement(), f"{s}_teacher_kl": fidelity.predictive_kl(),
+                            **{f"teacher_{s}_{k}": v for k, v in self.teacher_eval.diagnostics.items()}})
             self.last_eval = {"images": acc.count, "reliability": acc.reliability()}
         return row
+
+    def _teacher_metrics(self) -> dict[str, Any]:
+        """The teachers' own figures on the evaluation split and where they came from (metrics.json)."""
+        if not self.teachers:
+            return {}
+        s, final = self.split, self.history[-1]
+        figures: dict[str, Any] = {f"{s}_agreement": final.get(f"{s}_agreement"),
+                                   f"{s}_teacher_kl": final.get(f"{s}_teacher_kl"),
+                                   "teachers": [source.to_dict() for source in self.teacher_sources]}
+        if self.teacher_eval is not None:
+            figures |= {f"teacher_{s}_{k}": v for k, v in self.teacher_eval.diagnostics.items()}
+            if len(self.teachers) > 1:
+                figures[f"teachers_{s}_top1"] = self.teacher_eval.per_teacher_top1
+        return figures
 
     def _what_was_kept(self, diverged: bool = False) -> str:
         """The end of a failure's message: what stays in the run directory and what to do next. An
@@ -462,7 +516,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "method": method_states,
             "history": self.history, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "wall_seconds": self.previous_wall + time.perf_counter() - wall_start, "last_eval": self.last_eval,
-            "metrics": metrics, "runtime": self.runtime})
+            "metrics": metrics, "runtime": self.runtime,
+            "teachers": [source.to_dict() for source in self.teacher_sources]})
         self.saved_epoch = epochs_done
         self.run.write_log(self.history)
 
@@ -484,7 +539,7 @@ class Trainer:
             "world_size": self.ctx.world_size, "device": str(self.device), "amp": self.precision.amp,
             "channels_last": self.precision.channels_last,
             f"best_epoch_selected_on_{s}": best["epoch"], f"best_{s}_top1_selected_on_{s}": best[f"{s}_top1"],
-            "reliability": self.last_eval.get("reliability"), "code": code_version(),
+            "reliability": self.last_eval.get("reliability"), "code": code_version(), **self._teacher_metrics(),
         }
 
     def _write_final_outputs(self, metrics: dict[str, Any]) -> None:

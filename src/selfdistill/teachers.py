@@ -1,0 +1,245 @@
+"""Frozen teachers: where their weights come from, and the network each becomes.
+
+A teacher is given (``--teacher``, repeatable, or ``teachers:`` in YAML) as one of
+
+* a finished selfdistill run directory: its ``model.pt``, with the architecture, classes, channels and
+  input normalisation from its model card (``model.json``);
+* a weights file of ours (``model.pt``, with or without its card beside it; ``checkpoint.pt`` of a run)
+  plus its architecture when no card says it: ``--teacher PATH:resnet56`` or ``{path: ..., model: ...}``;
+* a published CIFAR-100 teacher of the KD literature, the RepDistiller/mdistiller ``cifar_teachers`` files
+  (``resnet32x4_vanilla/ckpt_epoch_240.pth``: a dict with the state_dict under ``"model"``), plus its
+  architecture; their keys are mapped onto ours by :mod:`selfdistill.models.foreign`.
+
+Every file is read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
+The weights must fit the architecture exactly (the first key or shape that disagrees is named), and
+the teacher must predict the data's classes from images with the data's channels. A teacher whose card
+records another input normalisation than the student's data gets its inputs re-normalised (one
+per-channel affine map), so it sees the same augmented rows as it saw in its own training; a
+published checkpoint is assumed to use the data's own normalisation (true for CIFAR-100 to 3 decimals).
+
+A run records each teacher's source and the SHA-256 of its weights file (:class:`TeacherSource`), never
+the weights; ``--resume`` refuses a teacher whose file changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError, did_you_mean, one_line
+from .modelcard import ModelCard, card_path, read_model_card, weights_sha256
+from .models import build_model, model_names
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """One ``teachers:`` entry: a path, and the architecture when the path does not say it."""
+
+    path: str
+    model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "model": self.model}
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """What a run records of a teacher: the entry it was given, the file read and its SHA-256."""
+
+    path: str
+    model: str
+    weights: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def parse_teacher(entry: Any, where: str) -> TeacherSpec:
+    """``"PATH"``, ``"PATH:ARCH"`` or ``{path: PATH, model: ARCH}`` as a :class:`TeacherSpec`."""
+    if isinstance(entry, dict):
+        unknown = sorted(set(entry) - {"path", "model"}, key=str)
+        if unknown:
+            raise UserError(f"unknown key {f'{where}.{unknown[0]}'!r}; a teacher has path and model")
+        path, model = entry.get("path"), entry.get("model")
+    elif isinstance(entry, str):
+        path, model = entry, None
+        head, sep, tail = entry.rpartition(":")
+        if sep and head and "/" not in tail and not Path(entry).exists():
+            path, model = head, tail
+    else:
+        raise UserError(f"{where}={entry!r} is not allowed; allowed: a path, PATH:ARCH, or a mapping with path "
+                        "and model")
+    if not isinstance(path, str) or not path:
+        raise UserError(f"{where}.path={path!r} is not allowed; allowed: the path of a run directory or weights file")
+    if model is not None and (not isinstance(model, str) or model not in model_names()):
+        raise UserError(f"{where}: unknown architecture {model!r}{did_you_mean(str(model), model_names())}; "
+                        f"allowed: {', '.join(model_names())}")
+    return TeacherSpec(path, model)
+
+
+def teacher_roles(count: int) -> list[str]:
+    """``teacher`` for one, ``teacher1``, ``teacher2``, ... for several."""
+    return ["teacher"] if count == 1 else [f"teacher{k + 1}" for k in range(count)]
+
+
+class Renormalize(nn.Module):
+    """Maps inputs normalised with the student's data statistics to the teacher's own normalisation
+    (zero padding stays zero only when the statistics agree, so ``pad_to`` with another dataset's
+    statistics pads with the teacher's equivalent of the student's zero)."""
+
+    def __init__(self, data_mean: list[float], data_std: list[float], mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        shape = (1, -1, 1, 1)
+        scale = torch.tensor(data_std) / torch.tensor(std)
+        self.register_buffer("scale", scale.view(shape), persistent=False)
+        self.register_buffer("shift", ((torch.tensor(data_mean) - torch.tensor(mean)) / torch.tensor(std)).view(shape),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+@dataclass
+class DataShape:
+    """What the student's data gives a teacher: classes, channels, input side and normalisation."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+
+
+def _load(path: Path, where: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or a pickle that would run code
+        why = one_line(exc)
+        if "weights_only" in why or "Unsupported global" in why:
+            raise UserError(f"{where}: {path} holds Python objects beyond tensors, which could run code when "
+                            "loaded; refused (weights_only). Save its state_dict instead") from None
+        raise UserError(f"{where}: {path} is not a readable checkpoint ({type(exc).__name__}: {why[:120]})") from None
+
+
+def _is_state(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items())
+
+
+def _weights_file(spec: TeacherSpec, where: str) -> Path:
+    path = Path(spec.path)
+    if not path.exists():
+        raise UserError(f"{where}: {spec.path} does not exist (expected a run directory or a weights file)")
+    if not path.is_dir():
+        return path
+    weights = path / "model.pt"
+    if weights.is_file() and (path / "metrics.json").is_file():
+        return weights
+    if weights.is_file() or (path / "checkpoint.pt").exists():
+        raise UserError(f"{where}: the run {path} has not finished (no metrics.json); finish it with "
+                        f"`selfdistill train --out {path} --resume`, or give its checkpoint.pt with :ARCH")
+    raise UserError(f"{where}: {path} is not a run directory (no model.pt inside)")
+
+
+def _state_and_arch(spec: TeacherSpec, weights: Path, where: str) -> tuple[dict[str, torch.Tensor], str,
+                                                                          ModelCard | None]:
+    """The state_dict in our key names, the architecture, and the model card when there is one."""
+    from .models import foreign
+
+    obj = _load(weights, where)
+    card = read_model_card(weights) if card_path(weights).is_file() and _is_state(obj) else None
+    arch = spec.model or (card.model if card is not None else None)
+    if isinstance(obj, dict) and _is_state(obj.get("model")) and isinstance(obj.get("config"), dict):
+        saved = obj["config"].get("model", {}).get("name") if isinstance(obj["config"].get("model"), dict) else None
+        arch = arch or saved
+        state = obj["model"]  # a checkpoint.pt of ours
+    elif foreign.is_foreign_checkpoint(obj):
+        if arch is None:
+            raise UserError(f"{where}: {weights} is a RepDistiller/mdistiller checkpoint; say its architecture: "
+                            f"--teacher {spec.path}:ARCH (e.g. resnet32x4)")
+        state = foreign.to_our_keys(arch, obj["model"])
+    elif _is_state(obj):
+        state = obj
+    else:
+        raise UserError(f"{where}: {weights} is not a checkpoint (neither a state_dict nor a dict with one under "
+                        "'model')")
+    if arch is None:
+        raise UserError(f"{where}: nothing says which architecture {weights} fits (no model.json beside it); give "
+                        f"it: --teacher {spec.path}:ARCH")
+    return state, arch, card
+
+
+def _check_fits_data(state: dict[str, torch.Tensor], data: DataShape, arch: str, weights: Path, where: str) -> None:
+    """The classes the weights predict and the channels they take, against the data."""
+    fc = state.get("fc.weight")
+    if fc is not None and fc.dim() == 2 and fc.shape[0] != data.num_classes:
+        raise UserError(f"{where}: {weights} ({arch}) predicts {fc.shape[0]} classes, the data has "
+                        f"{data.num_classes}; a teacher must be trained on the student's classes")
+    first = next((t for t in state.values() if t.dim() == 4), None)
+    if first is not None and first.shape[1] != data.in_channels:
+        raise UserError(f"{where}: {weights} ({arch}) takes {first.shape[1]}-channel images, the data has "
+                        f"{data.in_channels} channels")
+
+
+def _fitted(state: dict[str, torch.Tensor], arch: str, data: DataShape, weights: Path, where: str) -> nn.Module:
+    net = build_model(arch, data.num_classes, data.in_channels, data.image_size)
+    expected = net.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise UserError(f"{where}: {weights} does not fit {arch}: it lacks {key!r}")
+        if state[key].shape != tensor.shape:
+            raise UserError(f"{where}: {weights} does not fit {arch}: {key!r} has shape {list(state[key].shape)} in "
+                            f"the file, {list(tensor.shape)} in the model")
+    extra = next((k for k in state if k not in expected), None)
+    if extra is not None:
+        raise UserError(f"{where}: {weights} does not fit {arch}: it has {extra!r}, which the model lacks")
+    net.load_state_dict(state)
+    return net
+
+
+@dataclass
+class LoadedTeacher:
+    """A teacher's network (on the CPU, in eval mode, frozen), the map its inputs need first (None: the
+    student's inputs as they are) and what the run records of it."""
+
+    net: nn.Module
+    input_map: Renormalize | None
+    source: TeacherSource
+
+
+def load_teacher(spec: TeacherSpec, data: DataShape, where: str = "teachers[0]") -> LoadedTeacher:
+    """Read, check and build one teacher (see the module docstring)."""
+    weights = _weights_file(spec, where)
+    state, arch, card = _state_and_arch(spec, weights, where)
+    if arch not in model_names():
+        raise UserError(f"{where}: unknown architecture {arch!r}{did_you_mean(arch, model_names())}")
+    _check_fits_data(state, data, arch, weights, where)
+    if card is not None and card.image_size != data.image_size:
+        raise UserError(f"{where}: {weights} was trained on {card.image_size}x{card.image_size} inputs, the student "
+                        f"sees {data.image_size}x{data.image_size} (set data.pad_to to match)")
+    net = _fitted(state, arch, data, weights, where).eval().requires_grad_(False)
+    input_map = None
+    if card is not None and (_differs(card.mean, data.mean) or _differs(card.std, data.std)):
+        input_map = Renormalize(data.mean, data.std, card.mean, card.std)
+    return LoadedTeacher(net, input_map, TeacherSource(spec.path, arch, str(weights), weights_sha256(weights)))
+
+
+def _differs(a: list[float], b: list[float]) -> bool:
+    return len(a) != len(b) or any(abs(x - y) > 1e-6 for x, y in zip(a, b))
+
+
+def check_unchanged(recorded: list[dict[str, Any]], now: list[TeacherSource]) -> None:
+    """``--resume``: each teacher's weights must be the ones the run started with."""
+    for k, (old, new) in enumerate(zip(recorded, now)):
+        if old.get("sha256") != new.sha256:
+            raise UserError(f"--resume: teacher {k + 1} ({new.weights}) is not the file the run was trained with "
+                            f"(SHA-256 {new.sha256[:12]}..., recorded {str(old.get('sha256'))[:12]}...); resume with "
+                            "the original teacher or start a new run")
+    if len(recorded) != len(now):
+        raise UserError(f"--resume: the run was trained with {len(recorded)} teacher(s), now {len(now)}")
