@@ -416,13 +416,14 @@ class Trainer:
         else:
             verb = f"resuming {self.out} after epoch {self.start_epoch}"
         threads = f", {self.runtime['threads']} threads" if self.runtime["threads"] else ""
-        teachers = "".join(f" | {t.role} {src.model} ({src.path})" for t, src in zip(self.teachers, self.teacher_sources))
+        teachers = "".join(f" | {t.role} {src.model} ({src.path})"
+                           for t, src in zip(self.teachers, self.teacher_sources))
         processes = f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
         self.progress.say(
             f"selfdistill: {verb} | {self.method.name} on {cfg.data.dataset} with {cfg.model.name} "
-            f"({count_parameters(self.model):,} parameters){teachers} | {len(d.train_labels):,} train / {len(d.test_labels):,} "
-            f"{self.split} images | {self.steps} steps/epoch x {cfg.train.epochs} epochs | {self.device}{threads}"
-            f"{processes}" + (f" | {note}" if note else ""))
+            f"({count_parameters(self.model):,} parameters){teachers} | {len(d.train_labels):,} train / "
+            f"{len(d.test_labels):,} {self.split} images | {self.steps} steps/epoch x {cfg.train.epochs} epochs | "
+            f"{self.device}{threads}{processes}" + (f" | {note}" if note else ""))
 
     def _sync_config_file(self, expected: bool = False) -> str:
         """Make ``config.yaml`` say this run's config (the checkpoint's, with this invocation's resumable
