@@ -15,6 +15,7 @@ from .bake import BAKE
 from .base import Batch, Method, Outputs, SetupContext
 from .byot import BYOT
 from .ce import CrossEntropy
+from .crd import CRD
 from .cs_kd import CSKD
 from .dlb import DLB, DLBOptions
 from .drg import DRG
@@ -28,7 +29,7 @@ from .tf_nkd import TfNKD
 from .zipf_ls import ZipfLS
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT)}
+    CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT, CRD)}
 # names that stand for a combination
 ALIASES = {"lightskd": ("drg+dsr", "LightSKD (2023): DRG + DSR together, the paper's full method")}
 
