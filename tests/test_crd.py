@@ -5,14 +5,17 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
+from selfdistill.distributed import Dist
 from selfdistill.errors import UserError
 from selfdistill.methods import Batch, Outputs, build_method
 from selfdistill.methods import crd as crd_module
 from selfdistill.methods.base import SetupContext
-from selfdistill.methods.crd import CRD, CRDOptions, nce_loss
+from selfdistill.methods.crd import CRD, CRDOptions, contrast_scores, dense_scoring, nce_loss
 
 N, C, K, DIM = 40, 4, 8, 8
 LABELS = torch.arange(N) % C
@@ -29,10 +32,11 @@ class Tiny(nn.Module):
         return self.fc(torch.relu(self.body(x)))
 
 
-def make(labels=LABELS, seed=0, **options) -> CRD:
+def make(labels=LABELS, seed=0, world=Dist(), **options) -> CRD:
     torch.manual_seed(seed)
     method = CRD(CRDOptions(**{"nce_k": K, "feat_dim": DIM, **options}))
-    method.setup(SetupContext(Tiny(6), "tiny", C, (3, 1, 1), labels, 1, torch.device("cpu"), teachers=[Tiny(10)]))
+    method.setup(SetupContext(Tiny(6), "tiny", C, (3, 1, 1), labels, 1, torch.device("cpu"), world,
+                              teachers=[Tiny(10)]))
     return method
 
 
@@ -104,8 +108,10 @@ def test_k_is_clamped_to_the_smallest_other_class_pool():
         make(torch.zeros(N, dtype=torch.long))
 
 
-def test_loss_is_the_nce_of_scores_against_the_memory_before_the_update():
-    method = make()
+@pytest.mark.parametrize("feat_dim", [DIM, 2 * DIM])  # bank rows gathered; all dot products (dense)
+def test_loss_is_the_nce_of_scores_against_the_memory_before_the_update(feat_dim):
+    assert dense_scoring(N, K, feat_dim) == (feat_dim == 2 * DIM)
+    method = make(feat_dim=feat_dim)
     drawn = []
     sampler = method.sampler
     method.sampler = lambda idx, g: drawn.append(sampler(idx, g)) or drawn[-1]
@@ -131,6 +137,19 @@ def test_loss_is_the_nce_of_scores_against_the_memory_before_the_update():
         assert terms["crd_ce"].item() == pytest.approx(F.cross_entropy(out.logits, batch.labels).item(), rel=1e-6)
         assert terms["crd_kd"].item() == 0.0
         method.update(out, batch)
+
+
+def test_dense_and_gathered_scores_agree():
+    assert dense_scoring(50000, 16384, 128) and not dense_scoring(1_281_167, 16384, 128)  # CIFAR, ImageNet
+    memory = F.normalize(torch.randn(30, 16), dim=1)
+    contrast = torch.randint(0, 30, (5, 7))
+    v = F.normalize(torch.randn(5, 16), dim=1).requires_grad_(True)
+    by_rows = torch.stack([torch.stack([torch.exp(memory[j] @ v[b] / 0.07) for j in contrast[b]]) for b in range(5)])
+    gathered, dense = (contrast_scores(memory, contrast, v, 0.07, d) for d in (False, True))
+    assert torch.allclose(gathered, by_rows, rtol=1e-5) and torch.allclose(dense, by_rows, rtol=1e-5)
+    grad_gathered, = torch.autograd.grad(gathered.log().sum(), v)
+    grad_dense, = torch.autograd.grad(dense.log().sum(), v)
+    assert torch.allclose(grad_gathered, grad_dense, atol=1e-4)
 
 
 def test_update_moves_only_the_positive_rows_and_renormalises():
@@ -239,3 +258,36 @@ def test_registered_with_its_interface():
     assert set(method.modules()) == {"embed_s", "embed_t"} and not CRD.supports_mixing
     with pytest.raises(UserError, match="method.mode"):
         build_method({"name": "crd", "mode": "loose"})
+
+
+RANK_ROWS = [torch.tensor([0, 1, 2, 3, 4]), torch.tensor([5, 6, 33])]  # ranks may hold different numbers of rows
+
+
+def _rank_worker(rank, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    try:
+        method = make(world=Dist(rank, 2))
+        out, batch = step_inputs(RANK_ROWS[rank], rank)
+        method.losses(out, batch)
+        method.update(out, batch)
+        torch.save({"memory_s": method.memory_s, "memory_t": method.memory_t, "z": method.z}, f"{folder}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_keep_identical_banks_updated_with_every_ranks_rows(tmp_path):
+    mp.spawn(_rank_worker, args=(str(tmp_path),), nprocs=2)
+    ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    for key in ("memory_s", "memory_t", "z"):
+        assert torch.equal(ranks[0][key], ranks[1][key])
+    reference = make()  # same seed: the banks and heads every rank started from
+    for rank, idx in enumerate(RANK_ROWS):
+        out, _ = step_inputs(idx, rank)
+        with torch.no_grad():
+            v_s = F.normalize(reference.embed_s.linear(out.features[FEATURE]), dim=1)
+        mixed = 0.5 * reference.memory_s[idx] + 0.5 * v_s
+        assert torch.allclose(ranks[0]["memory_s"][idx], F.normalize(mixed, dim=1), atol=1e-6)
+    untouched = torch.ones(N, dtype=torch.bool)
+    untouched[torch.cat(RANK_ROWS)] = False
+    assert torch.equal(ranks[0]["memory_t"][untouched], reference.memory_t[untouched])

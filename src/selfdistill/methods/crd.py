@@ -30,7 +30,10 @@ from a generator on the training device, seeded from the first batch's indices (
 seed and the rank) and saved with the method state, so a resumed run draws what it would have.
 Only rows with a training index (>= 0) enter the contrastive term; DLB's replayed rows carry theirs.
 When one step holds the same index twice, the last row's embedding updates the memory (the official
-``index_copy_`` leaves that to chance). Scores and the loss are computed in float32.
+``index_copy_`` leaves that to chance). Scores and the loss are computed in float32. The official code
+gathers the K+1 bank rows of every row (B (K+1) feat_dim floats, 537 MB per direction for CIFAR-100
+at B = 64); where all B x N dot products with the bank take less memory (N < (K+1) feat_dim / 2, as on
+CIFAR), we compute those and pick the K+1 scores out: the same values, summed in another order.
 
 Several processes (torchrun): every rank scores its own rows against its banks, then all ranks
 gather every rank's indices and embeddings and apply the same momentum update, so the banks stay
@@ -41,8 +44,9 @@ rank 0 before every step. The price is that each rank's checkpointed state carri
 the banks (2 N feat_dim x 4 bytes, 51 MB for CIFAR-100).
 
 Before training, ``setup`` checks that the banks fit the device's free memory, and the first step
-checks the per-step tensors (2 B (K+1) feat_dim floats of gathered bank rows, plus 2 B N floats for
-distinct negatives), since the batch size is only known then; either raises a one-line ``UserError``.
+checks the per-step tensors (the scores as above for both directions, plus 2 B N floats to draw
+distinct negatives), since the batch size is only known then (``SetupContext`` does not carry it);
+either raises a one-line ``UserError`` naming what to lower.
 """
 
 from __future__ import annotations
@@ -169,11 +173,33 @@ def gather_rows(ctx: Dist, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def momentum_update(memory: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, momentum: float) -> None:
     """``memory[i] <- normalize(m memory[i] + (1 - m) v)`` in place, for the rows ``idx`` only (the last
     row wins where an index repeats)."""
-    unique, inverse = torch.unique(idx, return_inverse=True)
-    rows = torch.arange(len(idx), device=idx.device)
-    last = torch.full((len(unique),), -1, dtype=torch.long, device=idx.device).scatter_reduce(0, inverse, rows, "amax")
-    mixed = momentum * memory[unique] + (1 - momentum) * v[last].to(memory.dtype)
-    memory[unique] = F.normalize(mixed, dim=1)
+    order = torch.argsort(idx, stable=True)  # repeats stay in row order: the last of each run wins
+    ordered = idx[order]
+    last = torch.ones_like(ordered, dtype=torch.bool)
+    last[:-1] = ordered[1:] != ordered[:-1]
+    rows, targets = order[last], ordered[last]
+    mixed = momentum * memory[targets] + (1 - momentum) * v[rows].to(memory.dtype)
+    memory[targets] = F.normalize(mixed, dim=1)
+
+
+def dense_scoring(n: int, k: int, dim: int) -> bool:
+    """Whether all N dot products per row (B x N floats, and as many for their gradient) take less memory
+    than gathering the K+1 bank rows per row (B x (K+1) x dim floats)."""
+    return 2 * n <= (k + 1) * dim
+
+
+def contrast_scores(memory: torch.Tensor, contrast: torch.Tensor, v: torch.Tensor, t: float,
+                    dense: bool) -> torch.Tensor:
+    """exp(memory[contrast[b, j]] . v[b] / t), (B, K+1), in float32: either from the gathered bank rows
+    (the official bmm) or picked from all of v's dot products with the bank (same values, less memory
+    when N < (K+1) dim / 2, e.g. CIFAR with K = 16384)."""
+    with torch.autocast(v.device.type, enabled=False):
+        v = v.float()
+        if dense:
+            dots = (v @ memory.T).gather(1, contrast)
+        else:
+            dots = torch.bmm(memory[contrast], v[:, :, None]).squeeze(2)
+    return torch.exp(dots / t)
 
 
 def _fc_width(model: nn.Module, what: str) -> int:
@@ -235,9 +261,14 @@ class CRD(Method):
 
     def _first_step(self, rows: int, idx: torch.Tensor) -> None:
         o = self.options
-        need = 2 * rows * (self.k + 1) * o.feat_dim * FLOAT + (2 * rows * self.n * FLOAT if o.distinct_negatives else 0)
-        self._require_memory(need, f"the scores of one step (2 x {rows} rows x {self.k + 1} x {o.feat_dim} floats"
-                             f"{', plus 2 x rows x N for distinct negatives' if o.distinct_negatives else ''})",
+        k, dim, n = self.k + 1, o.feat_dim, self.n
+        if dense_scoring(n, self.k, dim):
+            need, what = 4 * rows * n * FLOAT, f"2 x {rows} rows x {n} dot products and their gradients"
+        else:
+            need, what = 2 * rows * k * dim * FLOAT, f"2 x {rows} rows x {k} x {dim} floats of gathered bank rows"
+        if o.distinct_negatives:
+            need, what = need + 2 * rows * n * FLOAT, f"{what}, plus {rows} x {n} x 2 floats to draw distinct negatives"
+        self._require_memory(need, f"the scores of one step ({what})",
                              f"method.nce_k (now {self.k}) or data.batch_size")
         self.step_checked = True
         if self.generator is None:
@@ -259,10 +290,9 @@ class CRD(Method):
             empty = v_s.new_zeros(0, self.k + 1)
             return empty, empty
         contrast = self.sampler(idx, self.generator)
-        with torch.autocast(v_s.device.type, enabled=False):
-            s_anchor = torch.bmm(self.memory_t[contrast], v_s[:, :, None]).squeeze(2)
-            t_anchor = torch.bmm(self.memory_s[contrast], v_t[:, :, None]).squeeze(2)
-        return torch.exp(s_anchor / self.options.nce_t), torch.exp(t_anchor / self.options.nce_t)
+        t, dense = self.options.nce_t, dense_scoring(self.n, self.k, self.options.feat_dim)
+        return (contrast_scores(self.memory_t, contrast, v_s, t, dense),
+                contrast_scores(self.memory_s, contrast, v_t, t, dense))
 
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         o = self.options
