@@ -38,7 +38,8 @@ CIFAR), we compute those and pick the K+1 scores out: the same values, summed in
 Several processes (torchrun): every rank scores its own rows against its banks, then all ranks
 gather every rank's indices and embeddings and apply the same momentum update, so the banks stay
 identical on all ranks, as on a single process with the whole batch (the official code is single
-process). Z is likewise set from the mean over all ranks' first batches. The banks are plain tensors
+process); they start equal because ``setup`` draws them from the global generator, which the engine
+seeds alike on every rank. Z is likewise set from the mean over all ranks' first batches. The banks are plain tensors
 of the method state, not buffers of the heads: DDP would otherwise broadcast 2 N feat_dim floats from
 rank 0 before every step. The price is that each rank's checkpointed state carries its own copy of
 the banks (2 N feat_dim x 4 bytes, 51 MB for CIFAR-100).
