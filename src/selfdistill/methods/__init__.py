@@ -15,6 +15,7 @@ from .bake import BAKE
 from .base import Batch, Method, Outputs, SetupContext
 from .byot import BYOT
 from .ce import CrossEntropy
+from .crd import CRD
 from .cs_kd import CSKD
 from .dist import DIST
 from .dkd import DKD
@@ -34,7 +35,7 @@ from .zipf_ls import ZipfLS
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT,
-    KD, DKD, DIST, NKD, SP)}
+    KD, DKD, DIST, NKD, SP, CRD)}
 # names that stand for a combination
 ALIASES = {"lightskd": ("drg+dsr", "LightSKD (2023): DRG + DSR together, the paper's full method")}
 
