@@ -14,12 +14,14 @@ from ..errors import UserError, did_you_mean
 from .bake import BAKE
 from .base import Batch, Method, Outputs, SetupContext
 from .byot import BYOT
+from .ca_mkd import CAMKD
 from .ce import CrossEntropy
 from .cs_kd import CSKD
 from .dlb import DLB, DLBOptions
 from .drg import DRG
 from .dsr import DSR
 from .label_smoothing import LabelSmoothing
+from .mix_kd import MIXKD
 from .ps_kd import PSKD
 from .stack import MethodStack
 from .tf_kd_reg import TfKDReg
@@ -28,7 +30,9 @@ from .tf_nkd import TfNKD
 from .zipf_ls import ZipfLS
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT)}
+    CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT,
+    MIXKD,
+    CAMKD)}
 # names that stand for a combination
 ALIASES = {"lightskd": ("drg+dsr", "LightSKD (2023): DRG + DSR together, the paper's full method")}
 
