@@ -290,7 +290,8 @@ def test_student_map_is_pooled_down_and_upsampled_to_each_teachers_size():
     method, student = setup_camkd([small, large], student=TinyNet(4, resize="keep"))  # student map 16x16
     assert method.sizes == [(8, 8), (32, 32)]
     f = torch.randn(2, 8, 16, 16)
-    assert torch.allclose(resize_to(f, (8, 8)), F.avg_pool2d(f, 2))
+    # pooled: each output pixel is the mean of its 4x4 block (bilinear would average only 2x2 of it)
+    assert torch.allclose(resize_to(f, (4, 4)), f.reshape(2, 8, 4, 4, 4, 4).mean((3, 5)), atol=1e-6)
     assert torch.allclose(resize_to(f, (32, 32)), F.interpolate(f, size=(32, 32), mode="bilinear"))
     method.start_epoch(1)
     out, batch = forward_all(method, student, [small, large], torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2]))

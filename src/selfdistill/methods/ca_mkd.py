@@ -131,7 +131,7 @@ class CAMKD(Method):
         self.teacher_paths = [tap_names(t)[-1] for t in ctx.teachers]
         s_shape = feature_shapes(ctx.model, ctx.input_shape, [self.student_tap])[self.student_tap]
         names = ctx.teacher_names or [type(t).__name__ for t in ctx.teachers]
-        t_shapes = []
+        t_shapes, self.heads = [], []
         for teacher, path, name in zip(ctx.teachers, self.teacher_paths, names):
             teacher.requires_grad_(False)
             t_shapes.append(feature_shapes(teacher, ctx.input_shape, [path])[path])
