@@ -14,6 +14,7 @@ from ..errors import UserError, did_you_mean
 from .bake import BAKE
 from .base import Batch, Method, Outputs, SetupContext
 from .byot import BYOT
+from .ca_mkd import CAMKD
 from .ce import CrossEntropy
 from .crd import CRD
 from .cs_kd import CSKD
@@ -24,6 +25,7 @@ from .drg import DRG
 from .dsr import DSR
 from .kd import KD
 from .label_smoothing import LabelSmoothing
+from .mix_kd import MIXKD
 from .nkd import NKD
 from .ps_kd import PSKD
 from .sp import SP
@@ -35,7 +37,7 @@ from .zipf_ls import ZipfLS
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT,
-    KD, DKD, DIST, NKD, SP, CRD)}
+    KD, DKD, DIST, NKD, SP, CRD, MIXKD, CAMKD)}
 # names that stand for a combination
 ALIASES = {"lightskd": ("drg+dsr", "LightSKD (2023): DRG + DSR together, the paper's full method")}
 
