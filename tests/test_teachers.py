@@ -26,12 +26,13 @@ from selfdistill.errors import UserError
 from selfdistill.losses import cross_entropy
 from selfdistill.methods import Method
 from selfdistill.models import build_model, model_names
-from selfdistill.teachers import TeacherSpec, parse_teacher
+from selfdistill.teachers import DataShape, TeacherSpec, load_teacher, parse_teacher
 
 # the data every teacher and student here sees (conftest's small_config), as command-line flags
 DATA = ["--dataset", "synthetic", "--batch-size", "16", "--set", "data.synthetic={train_size: 96, test_size: 64, "
         "size: 12}", "--set", "data.eval_batch_size=64", "--set", "train.tensorboard=false"]
 TINY = [*DATA, "--model", "mlp", "--epochs", "1"]
+SHAPE = DataShape(10, 1, 12, [0.5], [0.25])  # classes, channels, side, mean, std
 FAST = {"progress": False, "tensorboard": False, "threads": 1}  # one thread: the machine's cores are shared
 
 
@@ -67,7 +68,7 @@ class Probe(Method):
         self.steps.append({"inputs": batch.inputs.detach().clone(), "calls": list(self.calls), "parts": batch.parts,
                            "logits": teacher.logits.clone(), "features": teacher.features[self.tap].clone(),
                            "inference": teacher.logits.is_inference(), "requires_grad": teacher.logits.requires_grad,
-                           "rows": len(batch), "splits": batch.forward_splits()})
+                           "rows": len(batch), "splits": batch.forward_splits(), "teachers": out.teachers})
         self.calls.clear()
         # products save the teacher's tensors for backward: an inference tensor would fail here
         return {"probe_kd": 1e-3 * (out.logits * teacher.logits.softmax(1)).sum()
@@ -159,6 +160,26 @@ def test_no_gradient_reaches_the_teacher_and_its_state_is_bit_identical(cnn_teac
     assert any("running_mean" in k for k in saved)  # batch-norm statistics are among what is compared
     for key, tensor in saved.items():
         assert torch.equal(after[key], tensor), key
+
+
+def test_several_teachers_keep_their_order_and_are_each_measured(cnn_teacher, mlp_teacher, probe_registered,
+                                                                 tmp_path):
+    out = tmp_path / "student"
+    trainer = Trainer(small_config(method={"name": "probe"}, teachers=[str(cnn_teacher), str(mlp_teacher)],
+                                   train={**FAST, "epochs": 1}), out)
+    assert [t.role for t in trainer.teachers] == ["teacher1", "teacher2"]
+    probe = trainer.method.members[-1]
+    trainer.teachers[0].module.register_forward_hook(probe.hook)
+    reference, _ = reference_net(mlp_teacher, "mlp")
+    trainer.fit()
+    for step in probe.steps:
+        assert [len(t.logits) for t in step["teachers"]] == [step["rows"]] * 2
+        with torch.no_grad():
+            assert torch.allclose(step["teachers"][1].logits, reference(step["inputs"]), atol=1e-5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    own = [json.loads((t / "metrics.json").read_text())["test_top1"] for t in (cnn_teacher, mlp_teacher)]
+    assert metrics["teachers_test_top1"] == own
+    assert [t["path"] for t in metrics["teachers"]] == [str(cnn_teacher), str(mlp_teacher)]
 
 
 # ----------------------------------------------------------------------------- what a run keeps of it
@@ -283,6 +304,8 @@ TEACHER_CASES = [
      "takes 1-channel images, the data has 3"),
     ("random bytes", "tf_kd_self", lambda t, ts: ["--teacher", f"{_write(t / 'r.pt', os.urandom(300))}:mlp"],
      "is not a readable checkpoint"),
+    ("an empty file", "tf_kd_self", lambda t, ts: ["--teacher", f"{_write(t / 'e.pt', b'')}:mlp"],
+     "is not a readable checkpoint (EOFError: the file ends early)"),
     ("a text file", "tf_kd_self", lambda t, ts: ["--teacher", f"{_write(t / 'r.txt', TEXT)}:mlp"],
      "is not a readable checkpoint"),
     ("a pickle that would run code", "tf_kd_self", lambda t, ts: ["--teacher", f"{_write(t / 'x.pt', RunsCode())}:mlp"],
@@ -319,6 +342,24 @@ def test_bad_teacher_is_one_line_exit_2_before_training(mlp_teacher, cnn_teacher
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("selfdistill: error: ") and expected in err[0], err
     assert not (tmp_path / "run").exists() and not (tmp_path / "ran-code").exists()
+
+
+@pytest.mark.parametrize("given", ["checkpoint.pt", "checkpoint.pt:mlp", "model.pt:mlp"])
+def test_an_unfinished_runs_checkpoint_serves_as_its_message_says(mlp_teacher, tmp_path, given):
+    run = tmp_path / "unfinished"
+    shutil.copytree(mlp_teacher, run)
+    (run / "metrics.json").unlink()
+    with pytest.raises(UserError, match="has not finished") as refused:
+        load_teacher(parse_teacher(str(run), "t"), SHAPE)
+    assert "give its checkpoint.pt" in str(refused.value)
+    (run / "model.json").unlink()  # no card: the checkpoint's config or the :ARCH says the architecture
+    teacher = load_teacher(parse_teacher(f"{run}/{given}", "t"), SHAPE)
+    file, _, _ = given.partition(":")
+    state = torch.load(run / file, weights_only=True)
+    state = state["model"] if "model" in state else state
+    assert teacher.source.model == "mlp" and teacher.input_map is None
+    assert all(torch.equal(teacher.net.state_dict()[k], v) for k, v in state.items())
+    assert not teacher.net.training and not any(p.requires_grad for p in teacher.net.parameters())
 
 
 def test_a_teacher_trained_on_other_image_sizes_is_refused(cnn_teacher, capsys, tmp_path):

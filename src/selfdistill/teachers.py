@@ -132,6 +132,7 @@ def _load(path: Path, where: str) -> Any:
         if "global" in why.lower():  # weights_only met a class or function; torch names other faults too
             raise UserError(f"{where}: {path} holds Python objects beyond tensors, which could run code when "
                             "loaded; refused (weights_only). Save its state_dict instead") from None
+        why = why or ("the file ends early" if isinstance(exc, EOFError) else "no detail")
         raise UserError(f"{where}: {path} is not a readable checkpoint ({type(exc).__name__}: {why[:120]})") from None
 
 
@@ -151,7 +152,7 @@ def _weights_file(spec: TeacherSpec, where: str) -> Path:
         return weights
     if weights.is_file() or (path / "checkpoint.pt").exists():
         raise UserError(f"{where}: the run {path} has not finished (no metrics.json); finish it with "
-                        f"`selfdistill train --out {path} --resume`, or give its checkpoint.pt with :ARCH")
+                        f"`selfdistill train --out {path} --resume`, or give its checkpoint.pt (its last saved epoch)")
     raise UserError(f"{where}: {path} is not a run directory (no model.pt inside)")
 
 
