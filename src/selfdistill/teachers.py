@@ -70,7 +70,7 @@ def parse_teacher(entry: Any, where: str) -> TeacherSpec:
     elif isinstance(entry, str):
         path, model = entry, None
         head, sep, tail = entry.rpartition(":")
-        if sep and head and "/" not in tail and not Path(entry).exists():
+        if sep and head and "/" not in tail and not _exists(Path(entry)):
             path, model = head, tail
     else:
         raise UserError(f"{where}={entry!r} is not allowed; allowed: a path, PATH:ARCH, or a mapping with path "
@@ -81,6 +81,14 @@ def parse_teacher(entry: Any, where: str) -> TeacherSpec:
         raise UserError(f"{where}: unknown architecture {model!r}{did_you_mean(str(model), model_names())}; "
                         f"allowed: {', '.join(model_names())}")
     return TeacherSpec(path, model)
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a name the file system cannot even look up (too long, ...)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def teacher_roles(count: int) -> list[str]:
@@ -121,9 +129,10 @@ def _load(path: Path, where: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, not a torch file, or a pickle that would run code
         why = one_line(exc)
-        if "weights_only" in why or "Unsupported global" in why:
+        if "global" in why.lower():  # weights_only met a class or function; torch names other faults too
             raise UserError(f"{where}: {path} holds Python objects beyond tensors, which could run code when "
                             "loaded; refused (weights_only). Save its state_dict instead") from None
+        why = why or ("the file ends early" if isinstance(exc, EOFError) else "no detail")
         raise UserError(f"{where}: {path} is not a readable checkpoint ({type(exc).__name__}: {why[:120]})") from None
 
 
@@ -134,7 +143,7 @@ def _is_state(obj: Any) -> bool:
 
 def _weights_file(spec: TeacherSpec, where: str) -> Path:
     path = Path(spec.path)
-    if not path.exists():
+    if not _exists(path):
         raise UserError(f"{where}: {spec.path} does not exist (expected a run directory or a weights file)")
     if not path.is_dir():
         return path
@@ -143,7 +152,7 @@ def _weights_file(spec: TeacherSpec, where: str) -> Path:
         return weights
     if weights.is_file() or (path / "checkpoint.pt").exists():
         raise UserError(f"{where}: the run {path} has not finished (no metrics.json); finish it with "
-                        f"`selfdistill train --out {path} --resume`, or give its checkpoint.pt with :ARCH")
+                        f"`selfdistill train --out {path} --resume`, or give its checkpoint.pt (its last saved epoch)")
     raise UserError(f"{where}: {path} is not a run directory (no model.pt inside)")
 
 
@@ -175,15 +184,19 @@ def _state_and_arch(spec: TeacherSpec, weights: Path, where: str) -> tuple[dict[
     return state, arch, card
 
 
-def _check_fits_data(state: dict[str, torch.Tensor], data: DataShape, arch: str, weights: Path, where: str) -> None:
-    """The classes the weights predict and the channels they take, against the data."""
+def _check_fits_data(state: dict[str, torch.Tensor], card: ModelCard | None, data: DataShape, arch: str,
+                     weights: Path, where: str) -> None:
+    """The classes the weights predict and the channels they take, against the data: from the model card
+    when there is one (an MLP's weights do not show their channels), else from the weights."""
     fc = state.get("fc.weight")
-    if fc is not None and fc.dim() == 2 and fc.shape[0] != data.num_classes:
-        raise UserError(f"{where}: {weights} ({arch}) predicts {fc.shape[0]} classes, the data has "
+    classes = card.num_classes if card is not None else fc.shape[0] if fc is not None and fc.dim() == 2 else None
+    if classes is not None and classes != data.num_classes:
+        raise UserError(f"{where}: {weights} ({arch}) predicts {classes} classes, the data has "
                         f"{data.num_classes}; a teacher must be trained on the student's classes")
     first = next((t for t in state.values() if t.dim() == 4), None)
-    if first is not None and first.shape[1] != data.in_channels:
-        raise UserError(f"{where}: {weights} ({arch}) takes {first.shape[1]}-channel images, the data has "
+    channels = card.in_channels if card is not None else first.shape[1] if first is not None else None
+    if channels is not None and channels != data.in_channels:
+        raise UserError(f"{where}: {weights} ({arch}) takes {channels}-channel images, the data has "
                         f"{data.in_channels} channels")
 
 
@@ -219,7 +232,7 @@ def load_teacher(spec: TeacherSpec, data: DataShape, where: str = "teachers[0]")
     state, arch, card = _state_and_arch(spec, weights, where)
     if arch not in model_names():
         raise UserError(f"{where}: unknown architecture {arch!r}{did_you_mean(arch, model_names())}")
-    _check_fits_data(state, data, arch, weights, where)
+    _check_fits_data(state, card, data, arch, weights, where)
     if card is not None and card.image_size != data.image_size:
         raise UserError(f"{where}: {weights} was trained on {card.image_size}x{card.image_size} inputs, the student "
                         f"sees {data.image_size}x{data.image_size} (set data.pad_to to match)")
