@@ -70,7 +70,9 @@ def register_model(name: str, builder: Builder) -> None:
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     if name not in MODELS:
         raise UserError.bad_value("model.name", name, ", ".join(MODELS))
-    return MODELS[name](num_classes, in_channels, image_size)
+    model = MODELS[name](num_classes, in_channels, image_size)
+    model.arch = name  # the name messages use (e.g. foreign.check_state_fits)
+    return model
 
 
 def count_parameters(module: nn.Module) -> int:
