@@ -41,21 +41,21 @@ MODELS: dict[str, Builder] = {
     "resnet32x4": cifar_resnet(32, 4),
     "resnet18": resnet18,
     "ResNet50": resnet50_cifar,
-    "resnet50_cifar": resnet50_cifar,
     "vgg16": vgg(16),
     "vgg19": vgg(19),
     **{f"vgg{d}": reference_vgg(d) for d in (8, 11, 13)},
     **{f"vgg{d}_bn": reference_vgg(d) for d in (16, 19)},
     **{f"wrn{d}_{k}": wrn(d, k) for d, k in ((16, 1), (16, 2), (16, 4), (16, 8), (28, 10), (40, 1), (40, 2))},
-    **{f"wrn_{d}_{k}": wrn(d, k) for d, k in ((16, 1), (16, 2), (40, 1), (40, 2))},
     **{f"densenet{d}_k{k}": densenet_bc(d, k) for d, k in ((40, 12), (100, 12), (100, 40), (190, 12))},
     "MobileNetV2": mobilenetv2(6, 0.5),
-    "mobilenetv2_x0_5": mobilenetv2(6, 0.5),
     "ShuffleV1": shufflenet_v1,
-    "shufflenetv1": shufflenet_v1,
     "ShuffleV2": shufflenet_v2,
-    "shufflenetv2": shufflenet_v2,
 }
+# Second names of the models above (the same builder): RepDistiller's WRN spelling and lower-case names.
+ALIASES = {"wrn_16_1": "wrn16_1", "wrn_16_2": "wrn16_2", "wrn_40_1": "wrn40_1", "wrn_40_2": "wrn40_2",
+           "resnet50_cifar": "ResNet50", "mobilenetv2_x0_5": "MobileNetV2", "shufflenetv1": "ShuffleV1",
+           "shufflenetv2": "ShuffleV2"}
+MODELS.update({alias: MODELS[name] for alias, name in ALIASES.items()})
 
 
 def model_names() -> list[str]:
@@ -79,4 +79,4 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["FeatureTaps", "MODELS", "build_model", "count_parameters", "model_names", "register_model", "tap_names"]
+__all__ = ["ALIASES", "FeatureTaps", "MODELS", "build_model", "count_parameters", "model_names", "register_model", "tap_names"]
