@@ -79,4 +79,5 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["ALIASES", "FeatureTaps", "MODELS", "build_model", "count_parameters", "model_names", "register_model", "tap_names"]
+__all__ = ["ALIASES", "FeatureTaps", "MODELS", "build_model", "count_parameters", "model_names", "register_model",
+           "tap_names"]
