@@ -304,11 +304,11 @@ class Trainer:
                     logits = self.forward(batch.inputs, batch.forward_splits())
                 out = Outputs(logits, dict(self.taps.features) if self.taps else {}, others)
                 terms = self.method.losses(out, batch)
-            self.method.update(out, batch)
             loss = torch.stack(list(terms.values())).sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.method.update(out, batch)  # after backward: state it changes in place may be in the graph (CRD)
 
             with torch.no_grad():
                 term_sums += torch.stack([t.detach().float() for t in terms.values()])

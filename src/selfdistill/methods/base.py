@@ -7,8 +7,8 @@ One training step, as the engine (or a user's own loop) runs it::
     batch.inputs = augment(batch.images)    # every row augmented afresh (and mixed, with mixup/CutMix)
     out = Outputs(model(batch.inputs))      # one forward (or one per forward group)
     terms = method.losses(out, batch)       # {"ce": ..., "dlb_kl": ...}
-    method.update(out, batch)               # e.g. DLB stores this step's logits
-    sum(terms.values()).backward()
+    sum(terms.values()).backward()          # (and the optimiser's step)
+    method.update(out, batch)               # e.g. DLB stores this step's logits; CRD updates its memory
 
 Before training the engine calls :meth:`Method.setup` once with the model and the data's shape, so a
 method can size auxiliary heads from the real channel counts, ask for feature taps, or refuse a
@@ -229,7 +229,8 @@ class Method:
         raise NotImplementedError
 
     def update(self, out: Outputs, batch: Batch) -> None:
-        """Called after :meth:`losses` with the same step's outputs."""
+        """Called with the same step's outputs after :meth:`losses` and after the backward pass, so it may
+        change tensors in place that the step's graph saved."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -2,6 +2,16 @@
 
 Every model names its stages ``layer1``, ``layer2``, ... (``model.stages``), ends in a linear
 classifier ``fc`` and pools adaptively; intermediate features come from :class:`FeatureTaps`.
+``model.head(x)`` maps the last stage's output ``x`` to the logits (``model.head(last stage) ==
+model(input)``), and ``fc``'s input is the pooled penultimate feature (tap ``"fc:input"``).
+
+The CIFAR-100 KD benchmark's zoo (RepDistiller's ``models/__init__.py`` ``model_dict``, also
+mdistiller's ``cifar_model_dict``) is here under its names: ``resnet8`` ... ``resnet110``,
+``resnet8x4``, ``resnet32x4``, ``ResNet50``, ``wrn_16_1`` ... ``wrn_40_2``, ``vgg8``, ``vgg11``,
+``vgg13``, ``MobileNetV2``, ``ShuffleV1``, ``ShuffleV2``, with lower-case aliases ``resnet50_cifar``,
+``mobilenetv2_x0_5``, ``shufflenetv1``, ``shufflenetv2``. The exception: RepDistiller's ``vgg16`` /
+``vgg19`` are our ``vgg16_bn`` / ``vgg19_bn``, as ``vgg16`` / ``vgg19`` keep the DLB form (see
+``vgg.py``). ``foreign.py`` loads the benchmark's published checkpoints into these models.
 """
 
 from __future__ import annotations
@@ -12,10 +22,13 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .densenet import densenet_bc
+from .mobilenetv2 import mobilenetv2
+from .resnet_bottleneck import resnet50_cifar
 from .resnet_cifar import cifar_resnet, resnet18
+from .shufflenet import shufflenet_v1, shufflenet_v2
 from .small import MLP, SmallCNN
 from .taps import FeatureTaps, tap_names
-from .vgg import vgg
+from .vgg import reference_vgg, vgg
 from .wrn import wrn
 
 Builder = Callable[[int, int, int], nn.Module]
@@ -27,11 +40,22 @@ MODELS: dict[str, Builder] = {
     "resnet8x4": cifar_resnet(8, 4),
     "resnet32x4": cifar_resnet(32, 4),
     "resnet18": resnet18,
+    "ResNet50": resnet50_cifar,
     "vgg16": vgg(16),
     "vgg19": vgg(19),
-    **{f"wrn{d}_{k}": wrn(d, k) for d, k in ((16, 2), (16, 4), (16, 8), (28, 10), (40, 1), (40, 2))},
+    **{f"vgg{d}": reference_vgg(d) for d in (8, 11, 13)},
+    **{f"vgg{d}_bn": reference_vgg(d) for d in (16, 19)},
+    **{f"wrn{d}_{k}": wrn(d, k) for d, k in ((16, 1), (16, 2), (16, 4), (16, 8), (28, 10), (40, 1), (40, 2))},
     **{f"densenet{d}_k{k}": densenet_bc(d, k) for d, k in ((40, 12), (100, 12), (100, 40), (190, 12))},
+    "MobileNetV2": mobilenetv2(6, 0.5),
+    "ShuffleV1": shufflenet_v1,
+    "ShuffleV2": shufflenet_v2,
 }
+# Second names of the models above (the same builder): RepDistiller's WRN spelling and lower-case names.
+ALIASES = {"wrn_16_1": "wrn16_1", "wrn_16_2": "wrn16_2", "wrn_40_1": "wrn40_1", "wrn_40_2": "wrn40_2",
+           "resnet50_cifar": "ResNet50", "mobilenetv2_x0_5": "MobileNetV2", "shufflenetv1": "ShuffleV1",
+           "shufflenetv2": "ShuffleV2"}
+MODELS.update({alias: MODELS[name] for alias, name in ALIASES.items()})
 
 
 def model_names() -> list[str]:
@@ -46,11 +70,14 @@ def register_model(name: str, builder: Builder) -> None:
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     if name not in MODELS:
         raise UserError.bad_value("model.name", name, ", ".join(MODELS))
-    return MODELS[name](num_classes, in_channels, image_size)
+    model = MODELS[name](num_classes, in_channels, image_size)
+    model.arch = name  # the name messages use (e.g. foreign.check_state_fits)
+    return model
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["FeatureTaps", "MODELS", "build_model", "count_parameters", "model_names", "register_model", "tap_names"]
+__all__ = ["ALIASES", "FeatureTaps", "MODELS", "build_model", "count_parameters", "model_names", "register_model",
+           "tap_names"]

@@ -59,8 +59,12 @@ class DenseNetBC(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
         init_weights(self)
 
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the last stage's output: BN-ReLU, pooling, ``fc``."""
+        return self.fc(self.pool(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x))))))
+        return self.head(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
 
 def densenet_bc(depth: int, growth: int) -> Callable[[int, int, int], DenseNetBC]:

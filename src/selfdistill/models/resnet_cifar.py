@@ -4,9 +4,17 @@
   stages of 16/32/64 channels. Shortcuts that change shape use a 1x1 convolution + BN (option B, as in
   RepDistiller/CRD), not the paper's zero-padding option A.
 * ``resnet8x4`` / ``resnet32x4``: the same with a 32-channel stem and 64/128/256-channel stages, as in
-  the KD literature (RepDistiller).
+  the KD literature.
 * ``resnet18``: the ImageNet ResNet-18 layout (BasicBlocks [2, 2, 2, 2], 64-512 channels) with a 3x3
-  stride-1 stem and no max-pool, the usual form for 32 x 32 inputs.
+  stride-1 stem and no max-pool, the usual form for 32 x 32 inputs (RepDistiller's ``resnetv2.ResNet18``).
+
+These compute exactly what RepDistiller's ``models/resnet.py`` (HobbitLong/RepDistiller, commit
+eedab9d1450cafbc7afbb19f616be0ac08d8aa3b) computes for the same names: same layers, same parameter
+shapes; only the key names differ (our ``stem.0``/``stem.1`` are its ``conv1``/``bn1``, our
+``shortcut`` its ``downsample``), which ``models/foreign.py`` maps. Its fixed ``AvgPool2d(8)`` is our
+adaptive pooling, identical on 32 x 32 inputs. The last stage's output is the reference's ``feat[-2]``
+and ``fc``'s input its ``feat[-1]``. ``ResNet`` also takes the bottleneck block
+(``resnet_bottleneck.py``).
 
 The DLB code's ``resnet110`` is a *bottleneck* network ([12, 12, 12] Bottlenecks); ours is the standard
 BasicBlock [18, 18, 18] ResNet-110. All models pool adaptively, so 28 x 28 inputs work unchanged.
@@ -24,6 +32,8 @@ from .common import init_weights
 
 
 class BasicBlock(nn.Module):
+    expansion = 1
+
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -40,27 +50,35 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A stem conv, then one stage of BasicBlocks per entry of ``widths``, pooling and a linear head."""
+    """A stem conv, then one stage of ``block``s per entry of ``widths`` (each block's output has
+    ``width * block.expansion`` channels), pooling and a linear head."""
 
-    def __init__(self, blocks: list[int], widths: list[int], stem: int, num_classes: int, in_channels: int) -> None:
+    def __init__(self, blocks: list[int], widths: list[int], stem: int, num_classes: int, in_channels: int,
+                 block: type[nn.Module] = BasicBlock) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem),
                                   nn.ReLU(inplace=True))
         cin = stem
         self.stages = tuple(f"layer{i + 1}" for i in range(len(widths)))
         for i, (n, width) in enumerate(zip(blocks, widths)):
-            layers = [BasicBlock(cin if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1) for j in range(n)]
+            layers = []
+            for j in range(n):
+                layers.append(block(cin, width, 2 if (i > 0 and j == 0) else 1))
+                cin = width * block.expansion
             setattr(self, self.stages[i], nn.Sequential(*layers))
-            cin = width
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(cin, num_classes)
         init_weights(self)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the last stage's output."""
+        return self.fc(self.pool(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for name in self.stages:
             x = getattr(self, name)(x)
-        return self.fc(self.pool(x))
+        return self.head(x)
 
 
 def cifar_resnet(depth: int, width_factor: int = 1) -> Callable[[int, int, int], ResNet]:

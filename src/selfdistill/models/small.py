@@ -20,8 +20,12 @@ class MLP(nn.Module):
         self.fc = nn.Linear(hidden // 2, num_classes)
         init_weights(self)
 
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the last stage's output (the second hidden layer's activations)."""
+        return self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.layer2(self.layer1(x)))
+        return self.head(self.layer2(self.layer1(x)))
 
 
 class SmallCNN(nn.Module):
@@ -39,5 +43,9 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(4 * width, num_classes)
         init_weights(self)
 
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the last stage's output: pooling, ``fc``."""
+        return self.fc(self.pool(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.layer3(self.layer2(self.layer1(x)))))
+        return self.head(self.layer3(self.layer2(self.layer1(x))))

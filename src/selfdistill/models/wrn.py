@@ -4,6 +4,17 @@ Three stages of n blocks with 16k, 32k, 64k channels after a 16-channel stem, th
 and a linear head; no dropout. The DLB code's "wide_resnet20_8" is not a WRN but a bottleneck ResNet
 ([2, 2, 2] Bottlenecks, internal widths 128/256/512); depth 20 is not a valid WRN depth. We build
 standard WRNs; WRN-16-8 is the one closest to it in depth and width.
+
+These compute exactly what RepDistiller's ``models/wrn.py`` (HobbitLong/RepDistiller, commit
+eedab9d1450cafbc7afbb19f616be0ac08d8aa3b) computes with dropout 0: its blocks also pre-activate, and
+the activated input feeds both the 1x1 shortcut convolution and the residual branch where the width
+changes. Its shortcut exists where the widths differ and ours where the widths or the stride differ,
+which is the same set of blocks for every 6n+4 depth (a stride-2 block always doubles the width). So
+RepDistiller's ``wrn_16_1``/``wrn_16_2``/``wrn_40_1``/``wrn_40_2`` are aliases of ours; only key names
+differ (``stem``/``layerI.J``/``shortcut``/``pool.0`` for its ``conv1``/``blockI.layer.J``/
+``convShortcut``/``bn1``), mapped in ``models/foreign.py``. Its fixed ``avg_pool2d(8)`` is our adaptive
+pooling, identical on 32 x 32 inputs. The last stage's output (before the final BN-ReLU) is the
+reference's ``feat[-2]``; :meth:`WideResNet.head` applies BN-ReLU, pooling and ``fc``.
 """
 
 from __future__ import annotations
@@ -52,8 +63,12 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
         init_weights(self)
 
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the last stage's output: BN-ReLU, pooling, ``fc``."""
+        return self.fc(self.pool(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.layer3(self.layer2(self.layer1(self.stem(x))))))
+        return self.head(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
 
 def wrn(depth: int, widen: int) -> Callable[[int, int, int], WideResNet]:
