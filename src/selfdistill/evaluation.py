@@ -214,8 +214,8 @@ class _TeacherOnDevice:
     def __init__(self, role: str, teacher: LoadedTeacher, device: torch.device, dataset: str) -> None:
         precision = Precision(amp=False, channels_last=False, device_type=device.type)
         self.network = FrozenNetwork(role, teacher.net, teacher.input_map, precision, device)
-        self.device, self.what, self.called = device, f"{role} {teacher.source.model} ({teacher.source.path})", False
-        self.dataset = dataset
+        self.device, self.dataset, self.called = device, dataset, False
+        self.what = f"{role} {teacher.source.model} ({teacher.source.path})"
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         try:
