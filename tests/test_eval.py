@@ -1,13 +1,16 @@
 """The model card beside model.pt and ``selfdistill eval``'s backend (evaluate_saved_model)."""
 
 import csv
+import dataclasses
 import json
 import shutil
 
 import pytest
 import torch
 
+from conftest import SMALL_SYNTHETIC, cli_main, small_config
 from selfdistill.config import resolve
+from selfdistill.data import load_dataset
 from selfdistill.engine import train
 from selfdistill.errors import UserError
 from selfdistill.evaluation import evaluate_saved_model, format_eval
@@ -229,3 +232,147 @@ def test_bad_options_and_an_unwritable_out(trained, tmp_path):
     message = user_error("cannot write the results there", evaluate_saved_model, run, out=blocker / "eval",
                          device="cpu")
     assert str(blocker / "eval") in message
+
+
+# ----------------------------------------------------------------------------- eval --teacher
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two finished MLPs on the same small synthetic data (it does not depend on the seed): a teacher
+    (seed 0) and another model (seed 1), one epoch each."""
+    root = tmp_path_factory.mktemp("pair")
+    for name, seed in (("teacher", 0), ("model", 1)):
+        train(small_config(train={"epochs": 1, "progress": False, "threads": 1, "seed": seed}), root / name)
+    return root / "teacher", root / "model"
+
+
+def direct_logits(weights, mean=None, std=None):
+    """The logits of saved weights on the small synthetic test set, normalised by hand (the card's
+    statistics unless others are given)."""
+    card = read_model_card(weights) if card_path(weights).exists() else None
+    mean = torch.tensor(mean if mean is not None else card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(std if std is not None else card.std).view(1, -1, 1, 1)
+    net = build_model("mlp", 10, 1, 12)
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    data = load_dataset(resolve([{"data": SMALL_SYNTHETIC}]).data)
+    with torch.no_grad():
+        return net.double().eval()((data.test_images.double() / 255 - mean) / std), data.test_labels
+
+
+def fidelity_by_hand(student, teacher_probs):
+    agreement = 100.0 * (student.argmax(1) == teacher_probs.argmax(1)).double().mean().item()
+    kl = (teacher_probs * (teacher_probs.log() - student.log_softmax(1))).sum(1).mean().item()
+    return agreement, kl
+
+
+def test_a_model_is_its_own_perfect_teacher(pair, tmp_path):
+    teacher, _ = pair
+    result = evaluate_saved_model(teacher, teachers=[str(teacher)], device="cpu", out=tmp_path / "self")
+    assert result["agreement"] == 100.0
+    assert abs(result["teacher_kl"]) < 1e-6
+    assert result["teacher_top1"] == result["top1"]
+    assert result["teacher_nll"] == pytest.approx(result["nll"], rel=1e-5)
+    assert result["teacher_ece"] == pytest.approx(result["ece"], rel=1e-4)
+
+
+def test_fidelity_and_the_teachers_own_figures_match_a_direct_computation(pair, tmp_path):
+    teacher, model = pair
+    result = evaluate_saved_model(model, teachers=[str(teacher)], device="cpu", batch_size=24, out=tmp_path / "e")
+    student, labels = direct_logits(model / "model.pt")
+    t_logits, _ = direct_logits(teacher / "model.pt")
+    p = t_logits.softmax(1)
+    agreement, kl = fidelity_by_hand(student, p)
+    assert 0 < agreement < 100 and kl > 0.001  # two different networks
+    assert result["agreement"] == pytest.approx(agreement, abs=1e-9)
+    assert result["teacher_kl"] == pytest.approx(kl, rel=1e-4)
+    assert result["teacher_top1"] == pytest.approx(100.0 * (p.argmax(1) == labels).double().mean().item(), abs=1e-9)
+    assert result["teacher_entropy"] == pytest.approx(-(p * p.log()).sum(1).mean().item(), rel=1e-4)
+    q = p.scatter(1, labels[:, None], 0.0)
+    q = q / q.sum(1, keepdim=True)
+    nontarget = -(q * q.clamp_min(1e-300).log()).sum(1).mean().item()
+    assert result["teacher_nontarget_entropy"] == pytest.approx(nontarget, rel=1e-4)
+    assert result["teachers"][0]["model"] == "mlp"
+    assert result["teachers"][0]["sha256"] == weights_sha256(teacher / "model.pt")
+    assert "teachers_top1" not in result
+    assert json.loads((tmp_path / "e" / "eval.json").read_text()) == json.loads(json.dumps(result))
+    text = format_eval(result)
+    assert "fidelity to the teacher mlp" in text and f"{result['agreement']:6.2f} %" in text
+    assert f"{result['teacher_top1']:6.2f} %" in text and "non-target" in text
+
+
+def test_the_teachers_own_figures_are_those_of_evaluating_it_alone(pair, tmp_path):
+    teacher, model = pair
+    alone = evaluate_saved_model(teacher, device="cpu", out=tmp_path / "alone")
+    result = evaluate_saved_model(model, teachers=[str(teacher)], device="cpu", out=tmp_path / "with")
+    assert result["teacher_top1"] == alone["top1"]
+    assert result["teacher_nll"] == pytest.approx(alone["nll"], rel=1e-5)
+    assert result["teacher_ece"] == pytest.approx(alone["ece"], rel=1e-4)
+    # and the model's own figures do not change with a teacher beside it
+    plain = evaluate_saved_model(model, device="cpu", out=tmp_path / "plain")
+    assert {k: result[k] for k in plain if k != "out"} == {k: v for k, v in plain.items() if k != "out"}
+    assert "teachers" not in plain and "agreement" not in format_eval(plain)
+
+
+def test_an_ensemble_is_the_mean_of_probabilities(pair, tmp_path):
+    teacher, model = pair
+    result = evaluate_saved_model(model, teachers=[str(teacher), str(model)], device="cpu", out=tmp_path / "e")
+    student, labels = direct_logits(model / "model.pt")
+    t_logits, _ = direct_logits(teacher / "model.pt")
+    p = (t_logits.softmax(1) + student.softmax(1)) / 2
+    agreement, kl = fidelity_by_hand(student, p)
+    assert result["agreement"] == pytest.approx(agreement, abs=1e-9)
+    assert result["teacher_kl"] == pytest.approx(kl, rel=1e-4)
+    assert result["teacher_top1"] == pytest.approx(100.0 * (p.argmax(1) == labels).double().mean().item(), abs=1e-9)
+    assert result["teachers_top1"] == [evaluate_saved_model(r, device="cpu", out=tmp_path / r.name)["top1"]
+                                       for r in (teacher, model)]
+    assert "ensemble of 2 teachers" in format_eval(result)
+
+
+def test_a_weights_file_with_its_architecture_and_a_teacher_of_other_statistics(pair, tmp_path):
+    teacher, model = pair
+    bare = tmp_path / "bare.pt"  # no card beside it: the architecture comes from PATH:ARCH
+    shutil.copy(teacher / "model.pt", bare)
+    result = evaluate_saved_model(model, teachers=[f"{bare}:mlp"], device="cpu", out=tmp_path / "bare")
+    with_card = evaluate_saved_model(model, teachers=[str(teacher)], device="cpu", out=tmp_path / "card")
+    assert result["agreement"] == with_card["agreement"] and result["teacher_kl"] == with_card["teacher_kl"]
+    assert result["teachers"][0]["model"] == "mlp" and result["teachers"][0]["weights"] == str(bare)
+
+    # a teacher whose card records other statistics sees the same images, normalised its own way
+    other = tmp_path / "other" / "model.pt"
+    other.parent.mkdir()
+    shutil.copy(teacher / "model.pt", other)
+    card = read_model_card(teacher / "model.pt")
+    write_model_card(other, dataclasses.replace(card, mean=[0.3], std=[0.2]))
+    result = evaluate_saved_model(model, teachers=[str(other)], device="cpu", out=tmp_path / "other-out")
+    student, _ = direct_logits(model / "model.pt")
+    t_logits, _ = direct_logits(other, mean=[0.3], std=[0.2])
+    agreement, kl = fidelity_by_hand(student, t_logits.softmax(1))
+    assert result["agreement"] == pytest.approx(agreement, abs=1e-9)
+    assert result["teacher_kl"] == pytest.approx(kl, rel=1e-4)
+
+
+def test_teachers_that_do_not_fit_the_data_or_are_not_weights(pair, tmp_path):
+    _, model = pair
+    five, rgb, junk = tmp_path / "five.pt", tmp_path / "rgb.pt", tmp_path / "junk.pt"
+    torch.save(build_model("mlp", 5, 1, 12).state_dict(), five)
+    torch.save(build_model("cnn", 10, 3, 12).state_dict(), rgb)
+    junk.write_bytes((model / "model.pt").read_bytes()[:300])  # a truncated file
+    for teacher, match in ((f"{five}:mlp", r"--teacher: .*five.pt \(mlp\) predicts 5 classes, the data has 10"),
+                           (f"{rgb}:cnn", r"--teacher: .*rgb.pt \(cnn\) takes 3-channel images, the data has 1"),
+                           (f"{junk}:mlp", "--teacher: .*junk.pt is not a readable checkpoint"),
+                           (str(tmp_path / "nothing"), "--teacher: .*nothing does not exist"),
+                           (f"{five}:mpl", "--teacher: unknown architecture 'mpl'"),
+                           (str(five), "nothing says which architecture")):
+        user_error(match, evaluate_saved_model, model, teachers=[teacher], device="cpu", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_eval_with_a_teacher(pair, tmp_path, capsys):
+    teacher, model = pair
+    code, out, err = cli_main(capsys, "eval", str(model), "--teacher", str(teacher), "--device", "cpu",
+                              "--out", str(tmp_path / "e"))
+    assert code == 0 and err == [] and "agreement" in out
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["teachers"][0]["path"] == str(teacher)
+    five = tmp_path / "five.pt"
+    torch.save(build_model("mlp", 5, 1, 12).state_dict(), five)
+    code, _, err = cli_main(capsys, "eval", str(model), "--teacher", f"{five}:mlp", "--device", "cpu")
+    assert code == 2 and len(err) == 1 and "predicts 5 classes" in err[0]

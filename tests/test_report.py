@@ -1,6 +1,7 @@
 """``report``: only comparable runs merged, distinct seeds, duplicate seeds flagged, plots, bad run files.
 
-Run directories are fabricated by hand (config.yaml, log.csv, metrics.json) so no test trains.
+Run directories are fabricated by hand (config.yaml, log.csv, metrics.json), so only the one test of real
+runs with a teacher trains (two tiny runs).
 """
 
 import json
@@ -8,7 +9,9 @@ import statistics
 
 import pytest
 
+from conftest import small_config
 from selfdistill.config import parse_assignment, resolve
+from selfdistill.engine import train
 from selfdistill.errors import UserError
 from selfdistill.report import (
     accuracy_curve,
@@ -32,11 +35,16 @@ def reliability(correct_share: float, images: int = 100) -> dict:
     return {"bins": BINS, "count": count, "confidence_sum": conf, "correct": correct}
 
 
-def make_run(root, name, seed=0, method="ce", sets=(), top1=80.0, curve=(50.0, 80.0), old=False, with_rel=True):
-    """A finished run directory as the engine writes it (``old``: as versions before eval_split wrote it)."""
+def make_run(root, name, seed=0, method="ce", sets=(), top1=80.0, curve=(50.0, 80.0), old=False, with_rel=True,
+             teachers=(), fidelity=None):
+    """A finished run directory as the engine writes it (``old``: as versions before eval_split wrote it);
+    ``teachers``: (path, architecture) pairs, with ``fidelity`` (agreement, KL, teacher top-1, non-target
+    entropy) as the run recorded them."""
     layers = [{"method": {"name": method}, "model": {"name": "mlp"}, "data": {"dataset": "synthetic"},
                "train": {"epochs": len(curve), "seed": seed}}]
     layers += [parse_assignment(item) for item in sets]
+    if teachers:
+        layers.append({"teachers": [{"path": path, "model": arch} for path, arch in teachers]})
     config = resolve(layers)
     split = "test" if old or config.data.validation_split is None else "val"
     run = root / name
@@ -52,6 +60,14 @@ def make_run(root, name, seed=0, method="ce", sets=(), top1=80.0, curve=(50.0, 8
         metrics["eval_split"] = split
         if with_rel:
             metrics["reliability"] = reliability(top1 / 100)
+    if teachers:
+        agreement, kl, teacher_top1, nontarget = fidelity
+        metrics.update({f"{split}_agreement": agreement, f"{split}_teacher_kl": kl,
+                        f"teacher_{split}_top1": teacher_top1, f"teacher_{split}_nll": 0.7,
+                        f"teacher_{split}_ece": 3.0, f"teacher_{split}_entropy": 1.5,
+                        f"teacher_{split}_nontarget_entropy": nontarget,
+                        "teachers": [{"path": path, "model": arch, "weights": f"{path}/model.pt", "sha256": "0" * 64}
+                                     for path, arch in teachers]})
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
@@ -274,3 +290,70 @@ def test_runs_on_other_devices_or_process_counts_are_not_merged(tmp_path):
     assert sorted(len(g.seeds()) for g in groups) == [1, 1, 2]
     table = markdown_table(summarize(find_runs([tmp_path])))
     assert "| device |" in table and "| processes |" in table and "| bf16 |" in table
+
+
+# ----------------------------------------------------------------------------- runs with teachers
+FIDELITY_HEADERS = ("agree %", "KL(T‖S)", "T top-1 %", "T non-target H")
+
+
+def test_fidelity_columns_appear_only_for_runs_with_teachers(tmp_path):
+    for seed in (0, 1):
+        make_run(tmp_path, f"ce-s{seed}", seed=seed, top1=80.0 + seed)
+    text = build_report([str(tmp_path)], None)
+    assert not any(h in text for h in FIDELITY_HEADERS) and "agree" not in text
+
+    # each seed's student against its own teacher (another path, the same architecture): one group
+    make_run(tmp_path, "kd-s0", seed=0, method="tf_kd_self", teachers=[("t/s0", "mlp")],
+             fidelity=(90.0, 0.2, 82.0, 1.9))
+    make_run(tmp_path, "kd-s1", seed=1, method="tf_kd_self", teachers=[("t/s1", "mlp")],
+             fidelity=(94.0, 0.3, 84.0, 2.1))
+    text = build_report([str(tmp_path)], None)
+    rows = {r["method"]: r for r in table_rows(text)}
+    assert list(rows["ce"])[-6:] == [*FIDELITY_HEADERS, "images/s", "wall s"]
+    assert list(rows["ce"])[-9:-6] == ["top-1 %", "NLL", "ECE %"]
+    kd = rows["tf_kd_self"]
+    assert kd["seeds"] == "2" and kd["agree %"] == f"92.00 ± {statistics.stdev([90.0, 94.0]):.2f}"
+    assert kd["KL(T‖S)"] == f"0.2500 ± {statistics.stdev([0.2, 0.3]):.4f}"
+    assert kd["T top-1 %"] == f"83.00 ± {statistics.stdev([82.0, 84.0]):.2f}"
+    assert kd["T non-target H"] == f"2.000 ± {statistics.stdev([1.9, 2.1]):.3f}"
+    assert all(rows["ce"][h] == "—" for h in FIDELITY_HEADERS)
+    assert "predictive KL(teacher ‖ student)" in text and "`—`: trained without a teacher" in text
+
+
+def test_the_teachers_architecture_separates_groups(tmp_path):
+    make_run(tmp_path, "mlp-t", method="tf_kd_self", teachers=[("a", "mlp")], fidelity=(90.0, 0.2, 82.0, 1.9))
+    make_run(tmp_path, "cnn-t", method="tf_kd_self", teachers=[("a", "cnn")], fidelity=(70.0, 0.5, 88.0, 1.5))
+    rows = table_rows(build_report([str(tmp_path)], None))
+    assert sorted((r["teachers"], r["agree %"], r["T top-1 %"]) for r in rows) == \
+        [("[cnn]", "70.00", "88.00"), ("[mlp]", "90.00", "82.00")]
+
+
+@pytest.mark.parametrize("change, match", [
+    ("drop:test_agreement", "lacks 'test_agreement' \\(a run with teachers records it\\)"),
+    ("drop:teacher_test_top1", "lacks 'teacher_test_top1'"),
+    ("set:test_teacher_kl:null", "'test_teacher_kl' is None, not a finite number"),
+    ("set:teachers:\"mlp\"", "'teachers' must be a list"),
+])
+def test_a_run_with_teachers_needs_its_fidelity_figures(tmp_path, change, match):
+    run = make_run(tmp_path, "kd", method="tf_kd_self", teachers=[("t", "mlp")], fidelity=(90.0, 0.2, 82.0, 1.9))
+    metrics = json.loads((run / "metrics.json").read_text())
+    action, key, *value = change.split(":", 2)
+    if action == "drop":
+        del metrics[key]
+    else:
+        metrics[key] = json.loads(value[0])
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    user_error(match, find_runs, [tmp_path])
+
+
+def test_report_of_real_runs_with_a_teacher(tmp_path):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    train(small_config(train={"epochs": 1, "progress": False, "threads": 1}), teacher)
+    metrics = train(small_config(method={"name": "tf_kd_self"}, teachers=[str(teacher)],
+                                 train={"epochs": 1, "progress": False, "threads": 1, "seed": 1}), student)
+    rows = {r["method"]: r for r in table_rows(build_report([str(tmp_path)], None))}
+    kd = rows["tf_kd_self"]
+    assert kd["agree %"] == f"{metrics['test_agreement']:.2f}" and kd["KL(T‖S)"] == f"{metrics['test_teacher_kl']:.4f}"
+    assert kd["T top-1 %"] == f"{metrics['teacher_test_top1']:.2f}" == rows["ce"]["top-1 %"]
+    assert kd["T non-target H"] == f"{metrics['teacher_test_nontarget_entropy']:.3f}"
+    assert rows["ce"]["agree %"] == "—"

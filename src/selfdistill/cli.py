@@ -134,6 +134,9 @@ def build_parser() -> Parser:
     ev.add_argument("--data-dir", help="data root (default: $SELFDISTILL_DATA, then ~/.cache/selfdistill)")
     ev.add_argument("--split", choices=("test", "train"), default="test", help="(default: test)")
     ev.add_argument("--model", help="architecture, for a model.pt without model.json (default: from model.json)")
+    ev.add_argument("--teacher", action="append", metavar="RUN|PATH:ARCH",
+                    help="also measure agreement and predictive KL with this teacher (as train's --teacher; repeat "
+                         "for an ensemble) and its own top-1, NLL, ECE and entropies (default: none)")
     ev.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     ev.add_argument("--out", help="folder for eval.json, per_class.csv, reliability.png "
@@ -227,7 +230,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_saved_model, format_eval
 
     result = evaluate_saved_model(args.target, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                                  model=args.model, batch_size=args.batch_size, device=args.device, out=args.out)
+                                  model=args.model, batch_size=args.batch_size, device=args.device, out=args.out,
+                                  teachers=args.teacher)
     print(format_eval(result))
 
 

@@ -13,6 +13,13 @@ Evaluation covers the whole split once, unshuffled, in eval mode and fp32, under
 ``split="train"`` is the dataset's full training set with clean labels and no augmentation. Results go
 to ``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``out`` (default
 ``<run dir>/eval-<dataset>-<split>/``).
+
+With ``teachers`` (entries as ``train --teacher`` takes them, loaded by :mod:`selfdistill.teachers`),
+every teacher sees the same normalised images as the model (re-normalised when its card records other
+statistics) and the results add the model's fidelity to them (top-1 agreement and predictive
+KL(teacher || model), Stanton et al. 2021; several teachers: the mean of their probabilities) and the
+teacher's (ensemble's) own top-1, NLL, ECE, entropy and non-target entropy: the figures a training run
+with these teachers writes as ``<split>_agreement``, ``<split>_teacher_kl`` and ``teacher_<split>_*``.
 """
 
 from __future__ import annotations
@@ -28,12 +35,16 @@ import torch.nn as nn
 
 from .config import DataConfig, SyntheticConfig, read_yaml_file, resolve
 from .data import DATASETS, Augment, ImageDataset, eval_batches, load_dataset
+from .engine.evaluate import TeacherPredictions, teacher_predictions
+from .engine.networks import FrozenNetwork
+from .engine.runtime import Precision
 from .errors import UserError, one_line
 from .fileio import atomic_write_json, atomic_write_text
-from .metrics import EvalAccumulator
+from .metrics import EvalAccumulator, FidelityAccumulator
 from .modelcard import ModelCard, card_path, read_model_card, weights_sha256
 from .models import build_model, model_names
 from .plots import reliability_figure
+from .teachers import DataShape, LoadedTeacher, TeacherSpec, load_teacher, parse_teacher, teacher_roles
 
 SPLITS = ("test", "train")
 WEIGHT_SUFFIXES = (".pt", ".pth")
@@ -163,13 +174,22 @@ def resolve_eval_device(name: str) -> torch.device:
     return device
 
 
+def eval_augment(spec: ModelCard) -> Augment:
+    """The model's test-time transform: its padding and normalisation."""
+    return Augment(tuple(spec.mean), tuple(spec.std), pad_to=spec.pad_to)
+
+
 @torch.inference_mode()
 def accumulate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: ModelCard, batch_size: int,
-               device: torch.device, dataset: str) -> EvalAccumulator:
-    """Every image of the split once, in order; a size the model cannot take is a one-line error."""
+               device: torch.device, dataset: str,
+               teachers: TeacherPredictions | None = None) -> tuple[EvalAccumulator, FidelityAccumulator | None]:
+    """Every image of the split once, in order; a size the model cannot take is a one-line error. With
+    ``teachers`` (:func:`teacher_outputs`, same batch size), also the model's fidelity to them."""
     net.to(device).eval()
-    augment = Augment(tuple(spec.mean), tuple(spec.std), pad_to=spec.pad_to)
+    augment = eval_augment(spec)
     acc = EvalAccumulator(spec.num_classes, device=device)
+    fidelity = FidelityAccumulator(device) if teachers is not None else None
+    start = 0
     for step, idx in enumerate(eval_batches(len(labels), batch_size)):
         x = augment.eval(images[idx].to(device))
         try:
@@ -180,26 +200,79 @@ def accumulate(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec:
             raise UserError(f"{spec.model} cannot take the {x.shape[-2]}x{x.shape[-1]} images of {dataset} "
                             f"({textwrap.shorten(one_line(exc), 160)})") from None
         acc.add(logits, labels[idx].to(device))
-    return acc
+        if fidelity is not None and teachers is not None:
+            fidelity.add(logits, teachers.probs[start:start + len(idx)].to(device))
+        start += len(idx)
+    return acc, fidelity
+
+
+class _TeacherOnDevice:
+    """A loaded teacher as :func:`teacher_predictions` calls it: the model's normalised inputs (on the
+    CPU, where the split stays) to float32 logits on the CPU, forwarded on ``device`` in fp32 through the
+    engine's frozen network (with the teacher's re-normalisation). A size it cannot take is a one-line error."""
+
+    def __init__(self, role: str, teacher: LoadedTeacher, device: torch.device, dataset: str) -> None:
+        precision = Precision(amp=False, channels_last=False, device_type=device.type)
+        self.network = FrozenNetwork(role, teacher.net, teacher.input_map, precision, device)
+        self.device, self.dataset, self.called = device, dataset, False
+        self.what = f"{role} {teacher.source.model} ({teacher.source.path})"
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        try:
+            logits = self.network.logits(inputs.to(self.device))
+        except RuntimeError as exc:
+            if self.called:
+                raise
+            raise UserError(f"--teacher: the {self.what} cannot take the {inputs.shape[-2]}x{inputs.shape[-1]} "
+                            f"images of {self.dataset} ({textwrap.shorten(one_line(exc), 160)})") from None
+        self.called = True
+        return logits.float().cpu()
+
+
+def teacher_outputs(loaded: list[LoadedTeacher], images: torch.Tensor, labels: torch.Tensor, spec: ModelCard,
+                    batch_size: int, device: torch.device, dataset: str) -> TeacherPredictions:
+    """The teachers' (ensemble's) probabilities for every image of the split, in :func:`accumulate`'s
+    order and on the same normalised inputs, and their own figures (the engine's
+    :func:`~selfdistill.engine.evaluate.teacher_predictions`)."""
+    nets = [_TeacherOnDevice(role, t, device, dataset) for role, t in zip(teacher_roles(len(loaded)), loaded)]
+    precision = Precision(amp=False, channels_last=False, device_type="cpu")
+    return teacher_predictions(nets, images, labels.cpu(), spec.num_classes, eval_augment(spec), batch_size, precision)
+
+
+def teacher_result(loaded: list[LoadedTeacher], predictions: TeacherPredictions,
+                   fidelity: FidelityAccumulator) -> dict[str, Any]:
+    """The teacher entries of ``eval.json``: the metrics.json names of a run with teachers, without the split."""
+    result: dict[str, Any] = {"teachers": [t.source.to_dict() for t in loaded],
+                              "agreement": fidelity.agreement(), "teacher_kl": fidelity.predictive_kl(),
+                              **{f"teacher_{k}": v for k, v in predictions.diagnostics.items()}}
+    if len(loaded) > 1:
+        result["teachers_top1"] = predictions.per_teacher_top1
+    return result
 
 
 def evaluate_saved_model(target: str | Path, dataset: str | None = None, data_dir: str | None = None,
                          split: str = "test", model: str | None = None, batch_size: int = 256,
-                         device: str = "auto", out: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate saved weights on ``split`` of ``dataset``; write the results into ``out``; return them."""
+                         device: str = "auto", out: str | Path | None = None,
+                         teachers: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate saved weights on ``split`` of ``dataset`` (with ``teachers``, also the model's fidelity to
+    them and their own figures); write the results into ``out``; return them."""
     if split not in SPLITS:
         raise UserError.bad_value("--split", split, ", ".join(SPLITS), SPLITS)
     if batch_size < 1:
         raise UserError.bad_value("--batch-size", batch_size, "an integer >= 1")
     weights = locate_weights(target)
     run_device = resolve_eval_device(device)
+    specs = [parse_teacher(entry, "--teacher") for entry in teachers or []]
     card = _card_or_overrides(weights, model, dataset)
     state = load_weights(weights)  # before the dataset, which may take a download to find
     data = _load_data(dataset or card.dataset, data_dir, card, _run_data(weights))
     spec = input_spec(card, model, data, weights)
     net = build_fitted(spec, state, weights)
+    loaded = _load_teachers(specs, spec)
     images, labels = (data.test_images, data.test_labels) if split == "test" else (data.train_images, data.train_labels)
-    acc = accumulate(net, images, labels, spec, batch_size, run_device, data.name)
+    predictions = (teacher_outputs(loaded, images, labels, spec, batch_size, run_device, data.name)
+                   if loaded else None)
+    acc, fidelity = accumulate(net, images, labels, spec, batch_size, run_device, data.name, predictions)
 
     folder = Path(out) if out is not None else weights.parent / f"eval-{data.name}-{split}"
     result = {
@@ -210,10 +283,21 @@ def evaluate_saved_model(target: str | Path, dataset: str | None = None, data_di
         "mean": spec.mean, "std": spec.std, "device": str(run_device),
         "top1": acc.top1(), "top5": acc.top5(), "top5_k": acc.k, "nll": acc.nll(), "ece": acc.ece(),
         "per_class_count": acc.class_counts(), "per_class_accuracy": acc.per_class_accuracy(),
-        "reliability": acc.reliability(), "out": str(folder),
+        "reliability": acc.reliability(),
     }
+    if predictions is not None and fidelity is not None:
+        result |= teacher_result(loaded, predictions, fidelity)
+    result["out"] = str(folder)
     write_results(folder, result)
     return result
+
+
+def _load_teachers(specs: list[TeacherSpec], spec: ModelCard) -> list[LoadedTeacher]:
+    """Each teacher, checked against what the evaluated model sees: its classes, channels, input side and
+    normalisation."""
+    shape = DataShape(spec.num_classes, spec.in_channels, spec.image_size, list(spec.mean), list(spec.std))
+    return [load_teacher(teacher, shape, "--teacher") for teacher in specs]
+
 
 
 def write_results(folder: Path, result: dict[str, Any]) -> None:
@@ -240,6 +324,7 @@ def format_eval(result: dict[str, Any]) -> str:
              f"  NLL     {result['nll']:8.4f}",
              f"  ECE     {result['ece']:6.2f} %",
              f"  images  {result['images']:,}",
+             *_format_teachers(result),
              "per-class top-1 % (class: accuracy):"]
     width = len(str(len(result["per_class_accuracy"]) - 1))
     pairs = [f"{label:>{width}}: {'—' if acc is None else f'{acc:5.1f}'}"
@@ -247,3 +332,24 @@ def format_eval(result: dict[str, Any]) -> str:
     lines += ["  " + "   ".join(pairs[i:i + 8]) for i in range(0, len(pairs), 8)]
     lines.append(f"wrote {', '.join(FILES)} to {result['out']}")
     return "\n".join(lines)
+
+
+def _format_teachers(result: dict[str, Any]) -> list[str]:
+    """The fidelity and teacher lines of :func:`format_eval` (none without teachers)."""
+    if "teachers" not in result:
+        return []
+    sources = ", ".join(f"{t['model']} ({t['path']})" for t in result["teachers"])
+    who = f"teacher {sources}" if len(result["teachers"]) == 1 else \
+        f"ensemble of {len(result['teachers'])} teachers (mean of probabilities): {sources}"
+    lines = [f"fidelity to the {who}:",
+             f"  agreement  {result['agreement']:6.2f} %   (same top-1 class)",
+             f"  KL         {max(result['teacher_kl'], 0.0):8.4f}   (KL(teacher || model), nats)",
+             "the teacher's own:" if len(result["teachers"]) == 1 else "the ensemble's own:",
+             f"  top-1   {result['teacher_top1']:6.2f} %",
+             f"  NLL     {result['teacher_nll']:8.4f}",
+             f"  ECE     {result['teacher_ece']:6.2f} %",
+             f"  entropy {result['teacher_entropy']:8.4f} nats (non-target classes: "
+             f"{result['teacher_nontarget_entropy']:.4f})"]
+    if "teachers_top1" in result:
+        lines.append("  members' top-1 %: " + ", ".join(f"{v:.2f}" for v in result["teachers_top1"]))
+    return lines

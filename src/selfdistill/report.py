@@ -13,6 +13,13 @@ report, the number of *distinct* seeds and mean ± std over those seeds (std onl
 Two runs of one group with the same seed are flagged in a note and averaged into one value for that
 seed (in the table, the accuracy curves and the pooled reliability bins), so a repeated seed never
 counts twice nor shrinks the std.
+
+Runs trained with frozen teachers (``teachers`` in ``metrics.json``) also record their fidelity to
+them (``<split>_agreement``, ``<split>_teacher_kl``) and the teachers' own figures
+(``teacher_<split>_*``); when a report holds such runs, the table adds mean ± std over seeds of top-1
+agreement, predictive KL(teacher || student), and the teacher's (ensemble's) top-1 and non-target
+entropy, each seed's student measured against its own teacher. Groups without teachers show ``—``
+there, and a report without any teacher has no such columns.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ from .plots import Curve, curve_panels, reliability_grid
 METRIC_COLUMNS = (("top1", "top-1 %", 2), ("nll", "NLL", 3), ("ece", "ECE %", 2),
                   ("images_per_s", "images/s", 0), ("wall_s", "wall s", 0))
 SPLIT_METRICS = ("top1", "nll", "ece")
+# (metric, column header, digits) of runs with teachers, shown after ECE; FIDELITY_KEYS: their metrics.json keys
+FIDELITY_COLUMNS = (("agreement", "agree %", 2), ("teacher_kl", "KL(T‖S)", 4), ("teacher_top1", "T top-1 %", 2),
+                    ("teacher_nontarget_entropy", "T non-target H", 3))
+FIDELITY_KEYS = {"agreement": "{split}_agreement", "teacher_kl": "{split}_teacher_kl",
+                 "teacher_top1": "teacher_{split}_top1",
+                 "teacher_nontarget_entropy": "teacher_{split}_nontarget_entropy"}
 IDENTITY_KEYS = ("data.dataset", "model.name", "method.name")  # always shown, as dataset, model, method
 SHORT_NAMES = {"optim.lr": "lr", "data.batch_size": "batch size", "train.epochs": "epochs",
                "data.label_noise": "label noise", "data.train_subset": "train subset",
@@ -49,9 +62,23 @@ def eval_split(run: dict[str, Any]) -> str:
     return run.get("eval_split", "test")
 
 
+def metric_key(split: str, name: str) -> str:
+    """The ``metrics.json`` key of a metric: ``<split>_top1`` and the like, the fidelity metrics by
+    :data:`FIDELITY_KEYS`, others by their own name."""
+    if name in SPLIT_METRICS:
+        return f"{split}_{name}"
+    return FIDELITY_KEYS[name].format(split=split) if name in FIDELITY_KEYS else name
+
+
 def eval_metric(run: dict[str, Any], name: str) -> float:
-    """``top1``, ``nll`` or ``ece`` of a run on its evaluated split; other metrics by their own name."""
-    return float(run[f"{eval_split(run)}_{name}" if name in SPLIT_METRICS else name])
+    """``top1``, ``nll`` or ``ece`` of a run on its evaluated split (and the fidelity metrics of a run with
+    teachers); other metrics by their own name."""
+    return float(run[metric_key(eval_split(run), name)])
+
+
+def has_teachers(run: dict[str, Any]) -> bool:
+    """Whether the run was trained with frozen teachers (and so records its fidelity to them)."""
+    return bool(run.get("teachers"))
 
 
 def _finite(value: Any) -> bool:
@@ -82,10 +109,15 @@ def _read_metrics(run: Path) -> dict[str, Any]:
     split = eval_split(metrics)
     if not isinstance(split, str) or not split.isidentifier():
         raise UserError(f"{where}: eval_split={split!r} is not a split name such as 'test' or 'val'")
-    for name, _, _ in METRIC_COLUMNS:
-        key = f"{split}_{name}" if name in SPLIT_METRICS else name
+    teachers = metrics.get("teachers") or []
+    if not (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)):
+        raise UserError(f"{where}: 'teachers' must be a list of {{path, model, weights, sha256}} objects")
+    for name, _, _ in METRIC_COLUMNS + (FIDELITY_COLUMNS if teachers else ()):
+        key = metric_key(split, name)
         if key not in metrics:
-            raise UserError(f"{where} lacks '{key}' (not a metrics file of a finished selfdistill run)")
+            why = "a run with teachers records it" if name in FIDELITY_KEYS else "not a metrics file of a " \
+                "finished selfdistill run"
+            raise UserError(f"{where} lacks '{key}' ({why})")
         if not _finite(metrics[key]):
             raise UserError(f"{where}: '{key}' is {metrics[key]!r}, not a finite number")
     if "reliability" in metrics:
@@ -343,6 +375,9 @@ def summary_row(group: Group) -> dict[str, Any]:
                            "seeds": len(group.seeds()), "runs": len(group.runs)}
     for metric, _, _ in METRIC_COLUMNS:
         row[metric] = mean_std(group.per_seed(metric))
+    with_teachers = all(map(has_teachers, group.runs))
+    for metric, _, _ in FIDELITY_COLUMNS:
+        row[metric] = mean_std(group.per_seed(metric)) if with_teachers else None
     return row
 
 
@@ -351,20 +386,41 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [summary_row(g) for g in group_runs(runs)]
 
 
+def table_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """The metric columns: top-1, NLL, ECE, the fidelity columns when a row has teachers, then speed."""
+    fidelity = [c for c in FIDELITY_COLUMNS if any(row.get(c[0]) is not None for row in rows)]
+    return [*METRIC_COLUMNS[:len(SPLIT_METRICS)], *fidelity, *METRIC_COLUMNS[len(SPLIT_METRICS):]]
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of :func:`summarize` rows, with a column per distinguishing field."""
     fields = list(rows[0]["fields"]) if rows else []
+    columns = table_columns(rows)
     header = ["dataset", "model", "method", "split", *map(column_name, fields), "seeds",
-              *(label for _, label, _ in METRIC_COLUMNS)]
+              *(label for _, label, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [str(row[k]) for k in ("dataset", "model", "method", "split")]
         cells += [show(row["fields"][k]) for k in fields] + [str(row["seeds"])]
-        for metric, _, digits in METRIC_COLUMNS:
+        for metric, _, digits in columns:
+            if row[metric] is None:  # a fidelity column of a group without teachers
+                cells.append("—")
+                continue
             mean, std = row[metric]
             cells.append(f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def fidelity_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the fidelity columns mean, when the table has them."""
+    with_teachers = [row.get("agreement") is not None for row in rows]
+    if not any(with_teachers):
+        return []
+    return ["`agree %`: top-1 agreement of student and teacher; `KL(T‖S)`: predictive KL(teacher ‖ student) "
+            "in nats; `T top-1 %`, `T non-target H`: the teacher's own top-1 and the entropy (nats) of its "
+            "distribution over the non-target classes; several teachers: their ensemble (mean of probabilities); "
+            "each seed against its own teacher" + ("" if all(with_teachers) else "; `—`: trained without a teacher")]
 
 
 def duplicate_notes(groups: list[Group]) -> list[str]:
@@ -443,9 +499,10 @@ def build_report(paths: list[str], out: Path | None, plots: bool = True) -> str:
     """The markdown report (table and notes) of the runs under ``paths``; with ``out``, also
     ``report.md`` and, with ``plots``, ``accuracy.png`` and ``reliability.png`` in it."""
     groups = group_runs(find_runs(paths))
-    table = markdown_table([summary_row(g) for g in groups])
+    rows = [summary_row(g) for g in groups]
+    table = markdown_table(rows)
     notes = ["final epoch; mean ± std over distinct seeds (std with 2 or more); `split`: test set, or `val`, "
-             "a validation split held out of the training set", *duplicate_notes(groups)]
+             "a validation split held out of the training set", *fidelity_notes(rows), *duplicate_notes(groups)]
     if out is None:
         return _document(table, notes)
     out = Path(out)
