@@ -201,18 +201,16 @@ def _check_fits_data(state: dict[str, torch.Tensor], card: ModelCard | None, dat
 
 
 def _fitted(state: dict[str, torch.Tensor], arch: str, data: DataShape, weights: Path, where: str) -> nn.Module:
+    """The architecture with the weights loaded; the first key or shape that disagrees is named. BatchNorm's
+    ``num_batches_tracked`` counters (absent from files of old PyTorch versions) do not matter for a
+    frozen network: the model's own stand in for missing ones."""
+    from .models.foreign import check_state_fits
+
     net = build_model(arch, data.num_classes, data.in_channels, data.image_size)
-    expected = net.state_dict()
-    for key, tensor in expected.items():
-        if key not in state:
-            raise UserError(f"{where}: {weights} does not fit {arch}: it lacks {key!r}")
-        if state[key].shape != tensor.shape:
-            raise UserError(f"{where}: {weights} does not fit {arch}: {key!r} has shape {list(state[key].shape)} in "
-                            f"the file, {list(tensor.shape)} in the model")
-    extra = next((k for k in state if k not in expected), None)
-    if extra is not None:
-        raise UserError(f"{where}: {weights} does not fit {arch}: it has {extra!r}, which the model lacks")
-    net.load_state_dict(state)
+    check_state_fits(net, state, f"{where}: {weights}")
+    own = net.state_dict()
+    counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked")}
+    net.load_state_dict({**counters, **{k: v for k, v in state.items() if k in own}})
     return net
 
 
