@@ -16,11 +16,16 @@ from .base import Batch, Method, Outputs, SetupContext
 from .byot import BYOT
 from .ce import CrossEntropy
 from .cs_kd import CSKD
+from .dist import DIST
+from .dkd import DKD
 from .dlb import DLB, DLBOptions
 from .drg import DRG
 from .dsr import DSR
+from .kd import KD
 from .label_smoothing import LabelSmoothing
+from .nkd import NKD
 from .ps_kd import PSKD
+from .sp import SP
 from .stack import MethodStack
 from .tf_kd_reg import TfKDReg
 from .tf_kd_self import TfKDSelf
@@ -28,7 +33,8 @@ from .tf_nkd import TfNKD
 from .zipf_ls import ZipfLS
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
-    CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT)}
+    CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT,
+    KD, DKD, DIST, NKD, SP)}
 # names that stand for a combination
 ALIASES = {"lightskd": ("drg+dsr", "LightSKD (2023): DRG + DSR together, the paper's full method")}
 
