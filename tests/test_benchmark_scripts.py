@@ -80,3 +80,17 @@ def test_kd_table_gives_ca_mkd_the_next_seeds_teachers_in_turn(tmp_path):
     assert ca.sets_for(2) == (f"teachers=[{folder / 'seed2'}, {folder / 'seed0'}]",)
     (dkd,) = student_variants(["dkd"], 24, ce, ls, "resnet20", [0], 2)
     assert dkd.sets == ("method.warmup_epochs=2",)  # DKD's 20 of 240 epochs, scaled to the run
+
+
+def test_torchdistill_side_by_side_dry_run_plans_without_installing(tmp_path):
+    venv = tmp_path / "venv"
+    result = run("torchdistill_side_by_side.py", "--dry-run", "--venv", str(venv), "--out", str(tmp_path / "out"),
+                 "--threads", "1", "2", "--epochs", "2", "--train-subset", "500")
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = [line.removeprefix("would run: ") for line in result.stdout.splitlines()]
+    assert "torchdistill==1.1.5" in plan[1] and plan[1].startswith(f"{venv}/bin/python -m pip install")
+    assert "--train-subset 500" in plan[2] and "--method ce --model resnet20" in plan[2]  # the teacher, once
+    jobs = [json.loads(line.split("--worker ", 1)[1]) for line in plan[3:]]
+    assert [(j["job"], j["threads"]) for j in jobs] == [("ce", 1), ("kd", 1), ("ce", 2), ("kd", 2)]
+    assert all(j["epochs"] == 2 and j["train_subset"] == 500 for j in jobs)
+    assert not venv.exists() and not (tmp_path / "out").exists()
