@@ -27,7 +27,9 @@ Each side as its users run it:
 
 Both sides run in ONE process of the torchdistill virtual environment (``--venv``, created on first use
 with ``pip install torchdistill==1.1.5 torch==2.14.1 torchvision==0.29.1``, several GB of wheels; never
-in CI), so they share the torch build, and alternate epoch by epoch (who goes first alternates too) at
+in CI), so they share the torch build (selfdistill declares torch < 2.14 but runs on 2.14.1 here; the
+project's own timings use its 2.13 CPU wheel, so compare the two columns, not these with other tables),
+and alternate epoch by epoch (who goes first alternates too) at
 each ``--threads`` count. The process prints one JSON line per job; this script tabulates the median
 epoch time (the first epoch, a warm-up, left out when there are more) and the final test top-1 (the same
 evaluation code for both students). One run per setting: accuracy differences under a few tenths of a
