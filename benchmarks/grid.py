@@ -17,6 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from selfdistill.report import eval_metric, load_run
 
@@ -28,6 +29,7 @@ class Variant:
     epochs_factor: int = 1
     sets: tuple[str, ...] = ()  # extra --set items; "{run:VARIANT}" becomes that variant's run folder
     stage: int = 0
+    sets_for: Callable[[int], tuple[str, ...]] | None = None  # more --set items that depend on the seed
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Grid:
                 "--label-noise", str(noise), "--batch-size", str(self.batch_size), "--set", "schedule.name=cosine"]
         if self.train_subset:
             cmd += ["--train-subset", str(self.train_subset)]
-        for item in [*self.sets, *variant.sets]:
+        for item in [*self.sets, *variant.sets, *(variant.sets_for(seed) if variant.sets_for else ())]:
             if "{run:" in item:
                 other = item.split("{run:")[1].split("}")[0]
                 item = item.replace(f"{{run:{other}}}", str(self.folder(model, noise, other, seed)))

@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (on tiny settings), so they cannot rot unnoticed."""
 
+import json
 import subprocess
 import sys
 
@@ -41,3 +42,55 @@ def test_table_labels_validation_figures_as_such(tmp_path):
     assert "| top-1 % |" in table(grid) and "val" not in table(grid)
     grid.sets = ["data.validation_split=1000"]
     assert "| val top-1 % | Δ val top-1 vs CE | val NLL | val ECE % |" in table(grid)
+
+
+def test_teacher_cost_reports_kd_against_ce_plus_teacher():
+    result = run("teacher_cost.py", "--dataset", "fashion-mnist-mini", "--images", "128", "--batch-size", "32",
+                 "--student", "cnn", "--teacher", "cnn", "--method", "kd", "--repeats", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = result.stdout.splitlines()[-1]
+    assert "teacher alone" in last and "ratio (CE + teacher) / kd" in last
+
+
+def test_kd_table_distils_from_the_teacher_of_each_kind(tmp_path):
+    result = run("kd_table.py", "--dataset", "fashion-mnist-mini", "--train-subset", "200", "--epochs", "1",
+                 "--teacher-epochs", "1", "--teacher", "cnn", "--seeds", "0", "--methods", "kd", "kd_ls_teacher",
+                 "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (tmp_path / "kd_table.md").read_text()
+    assert "| cnn | teacher_ce | 1 |" in table and "| cnn | teacher_ls | 1 |" in table
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| kd")}
+    assert set(rows) == {"kd", "kd_ls_teacher"} and rows["kd_ls_teacher"][2].strip() == "1 x cnn (LS)"
+    assert float(rows["kd"][8]) > 0  # agreement with the teacher, read from the run's metrics
+    for variant, teacher in (("kd", "teacher_ce"), ("kd_ls_teacher", "teacher_ls")):
+        metrics = json.loads((tmp_path / "cnn" / "noise0" / variant / "seed0" / "metrics.json").read_text())
+        assert metrics["teachers"][0]["path"] == str(tmp_path / "cnn" / "noise0" / teacher / "seed0")
+
+
+def test_kd_table_gives_ca_mkd_the_next_seeds_teachers_in_turn(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    from grid import Grid, Variant
+    from kd_table import student_variants, teacher_seeds
+
+    assert teacher_seeds([0, 1, 2], 2) == [0, 1, 2] and teacher_seeds([5], 3) == [5, 6, 7]
+    ce = Grid(tmp_path, ["resnet20"], [0.0], [0, 1, 2], [Variant("teacher_ce", "ce")], epochs=1)
+    ls = Grid(tmp_path, ["resnet20"], [0.0], [0, 1, 2], [Variant("teacher_ls", "ls")], epochs=1)
+    (ca,) = student_variants(["ca_mkd"], 5, ce, ls, "resnet20", [0, 1, 2], 2)
+    folder = tmp_path / "resnet20" / "noise0" / "teacher_ce"
+    assert ca.sets_for(2) == (f"teachers=[{folder / 'seed2'}, {folder / 'seed0'}]",)
+    (dkd,) = student_variants(["dkd"], 24, ce, ls, "resnet20", [0], 2)
+    assert dkd.sets == ("method.warmup_epochs=2",)  # DKD's 20 of 240 epochs, scaled to the run
+
+
+def test_torchdistill_side_by_side_dry_run_plans_without_installing(tmp_path):
+    venv = tmp_path / "venv"
+    result = run("torchdistill_side_by_side.py", "--dry-run", "--venv", str(venv), "--out", str(tmp_path / "out"),
+                 "--threads", "1", "2", "--epochs", "2", "--train-subset", "500")
+    assert result.returncode == 0, result.stderr[-2000:]
+    plan = [line.removeprefix("would run: ") for line in result.stdout.splitlines()]
+    assert "torchdistill==1.1.5" in plan[1] and plan[1].startswith(f"{venv}/bin/python -m pip install")
+    assert "--train-subset 500" in plan[2] and "--method ce --model resnet20" in plan[2]  # the teacher, once
+    jobs = [json.loads(line.split("--worker ", 1)[1]) for line in plan[3:]]
+    assert [(j["job"], j["threads"]) for j in jobs] == [("ce", 1), ("kd", 1), ("ce", 2), ("kd", 2)]
+    assert all(j["epochs"] == 2 and j["train_subset"] == 500 for j in jobs)
+    assert not venv.exists() and not (tmp_path / "out").exists()
