@@ -318,9 +318,9 @@ TEACHER_CASES = [
     ("unknown architecture", "tf_kd_self", lambda t, ts: ["--teacher", f"{ts['mlp'] / 'model.pt'}:resnt56"],
      "unknown architecture 'resnt56' (did you mean 'resnet56'?)"),
     ("weights of another architecture", "tf_kd_self", lambda t, ts: ["--teacher", f"{ts['mlp'] / 'model.pt'}:cnn"],
-     "does not fit cnn: it lacks 'layer1.0.0.weight'"),
+     "does not fit cnn: layer1.0.0.weight is in the model but not in the file"),
     ("weights of another shape", "tf_kd_self", _weights_of_other_shape,
-     "'layer1.1.weight' has shape [512, 64] in the file, [512, 144] in the model"),
+     "layer1.1.weight has shape [512, 64] in the file, [512, 144] in the model"),
     ("weights without architecture", "tf_kd_self", lambda t, ts: [
         "--teacher", str(_write(t / "bare.pt", build_model("mlp", 10, 1, 12).state_dict()))],
      "nothing says which architecture"),
