@@ -463,3 +463,47 @@ def test_frozen_outputs_are_copies_outside_inference_mode(cnn_teacher, probe_reg
     logits = out.logits.clone()
     out.logits.add_(1.0)  # in-place use, which an inference tensor refuses outside inference mode
     assert torch.equal(out.logits, logits + 1.0)
+
+
+# ----------------------------------------------------------------------------- published CIFAR-100 teachers
+def _published_checkpoint(path: Path, arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A file laid out as RepDistiller's ``<arch>_vanilla/ckpt_epoch_240.pth``: its reference key names and
+    shapes (tests/fixtures/zoo/state_shapes), random values, the state_dict under "model"."""
+    shapes = json.loads((Path(__file__).parent / "fixtures" / "zoo" / "state_shapes" / f"{arch}.json").read_text())
+    gen = torch.Generator().manual_seed(seed)
+    state = {k: (torch.tensor(240) if k.endswith("num_batches_tracked") else
+                 torch.rand(shape, generator=gen) + (0.5 if k.endswith("running_var") else 0.0))
+             for k, shape in shapes.items()}
+    torch.save({"epoch": 240, "model": state, "accuracy": 79.42, "optimizer": {"state": {}, "param_groups": []}}, path)
+    return state
+
+
+def test_a_published_cifar100_teacher_file_teaches_through_its_key_map(tmp_path, capsys):
+    path = tmp_path / "resnet8x4_vanilla" / "ckpt_epoch_240.pth"
+    path.parent.mkdir()
+    reference = _published_checkpoint(path, "resnet8x4")
+    data = ["--dataset", "synthetic", "--set", "data.synthetic.channels=3", "--set", "data.synthetic.size=32",
+            "--set", "data.synthetic.num_classes=100", "--set", "data.synthetic.train_size=8",
+            "--set", "data.synthetic.test_size=8", "--batch-size", "8", "--epochs", "1", "--threads", "1"]
+    code, _, err = cli_main(capsys, "train", "--method", "kd", "--model", "resnet8", "--teacher",
+                            f"{path}:resnet8x4", *data, "--out", str(tmp_path / "kd"))
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
+    assert metrics["teachers"][0]["model"] == "resnet8x4" and 0 <= metrics["test_agreement"] <= 100
+    # the loaded teacher holds the file's tensors under our names: the stem conv and the last classifier
+    teacher = load_teacher(TeacherSpec(str(path), "resnet8x4"), DataShape(100, 3, 32, [0.5] * 3, [0.25] * 3)).net
+    ours = teacher.state_dict()
+    assert torch.equal(ours["stem.0.weight"], reference["conv1.weight"])
+    assert torch.equal(ours["fc.weight"], reference["fc.weight"])
+    assert torch.equal(ours["layer1.0.shortcut.0.weight"], reference["layer1.0.downsample.0.weight"])
+
+
+def test_a_published_teacher_file_without_its_architecture_or_of_another_is_one_line(tmp_path, capsys):
+    path = tmp_path / "ckpt_epoch_240.pth"
+    _published_checkpoint(path, "resnet8x4")
+    base = ["--method", "kd", "--model", "resnet8", "--dataset", "synthetic", "--set", "data.synthetic.channels=3",
+            "--set", "data.synthetic.size=32", "--set", "data.synthetic.num_classes=100", "--epochs", "1"]
+    for teacher, expected in ((str(path), "say its architecture"), (f"{path}:resnet32x4", "does not fit resnet32x4")):
+        code, _, err = cli_main(capsys, "train", *base, "--teacher", teacher, "--out", str(tmp_path / "x"))
+        assert code == 2 and len(err) == 1 and expected in err[0], err
+        assert not (tmp_path / "x").exists()

@@ -34,6 +34,7 @@ import torch.nn as nn
 from .errors import UserError, did_you_mean, one_line
 from .modelcard import ModelCard, card_path, read_model_card, weights_sha256
 from .models import build_model, model_names
+from .models.foreign import check_state_fits, is_foreign_checkpoint, to_our_keys
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,6 @@ def _weights_file(spec: TeacherSpec, where: str) -> Path:
 def _state_and_arch(spec: TeacherSpec, weights: Path, where: str) -> tuple[dict[str, torch.Tensor], str,
                                                                           ModelCard | None]:
     """The state_dict in our key names, the architecture, and the model card when there is one."""
-    from .models import foreign
-
     obj = _load(weights, where)
     card = read_model_card(weights) if card_path(weights).is_file() and _is_state(obj) else None
     arch = spec.model or (card.model if card is not None else None)
@@ -168,11 +167,11 @@ def _state_and_arch(spec: TeacherSpec, weights: Path, where: str) -> tuple[dict[
         saved = obj["config"].get("model", {}).get("name") if isinstance(obj["config"].get("model"), dict) else None
         arch = arch or saved
         state = obj["model"]  # a checkpoint.pt of ours
-    elif foreign.is_foreign_checkpoint(obj):
+    elif is_foreign_checkpoint(obj):
         if arch is None:
             raise UserError(f"{where}: {weights} is a RepDistiller/mdistiller checkpoint; say its architecture: "
                             f"--teacher {spec.path}:ARCH (e.g. resnet32x4)")
-        state = foreign.to_our_keys(arch, obj["model"])
+        state = to_our_keys(arch, obj["model"])
     elif _is_state(obj):
         state = obj
     else:
@@ -204,8 +203,6 @@ def _fitted(state: dict[str, torch.Tensor], arch: str, data: DataShape, weights:
     """The architecture with the weights loaded; the first key or shape that disagrees is named. BatchNorm's
     ``num_batches_tracked`` counters (absent from files of old PyTorch versions) do not matter for a
     frozen network: the model's own stand in for missing ones."""
-    from .models.foreign import check_state_fits
-
     net = build_model(arch, data.num_classes, data.in_channels, data.image_size)
     check_state_fits(net, state, f"{where}: {weights}")
     own = net.state_dict()
