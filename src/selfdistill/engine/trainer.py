@@ -48,6 +48,7 @@ from ..distributed import (
     as_peer_failure,
     gather_objects,
     init_distributed,
+    leave_together,
     shutdown,
 )
 from ..errors import OutputError, PeerFailure, SelfdistillError, TrainingDiverged, UserError, one_line
@@ -343,13 +344,18 @@ class Trainer:
         """Train the remaining epochs and write the final outputs; return the final metrics."""
         try:
             if self.checkpoint is not None and self.start_epoch >= self.config.train.epochs:
-                return self._complete_finished_run()
-            return self._train_remaining_epochs()
+                metrics = self._complete_finished_run()
+            else:
+                metrics = self._train_remaining_epochs()
+            leave_together(self.ctx)
+            return metrics
         except BaseException as exc:
             raise self._failure(exc) from None
         finally:
             if self.run is not None:
                 self.run.release()
+            if self.ctx.enabled:
+                self.forward = self.model  # DDP's reducer goes before the process group it talks through
             shutdown(self.ctx)
 
     def _train_remaining_epochs(self) -> dict[str, Any]:
