@@ -16,11 +16,10 @@ import argparse
 import statistics
 
 import torch
+from timing import timing_data
 
 from selfdistill.config import resolve
-from selfdistill.data import load_dataset
 from selfdistill.engine import Trainer
-from selfdistill.errors import UserError
 
 
 def trainer_for(method: str, batch_size: int, args: argparse.Namespace, data) -> Trainer:
@@ -41,12 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        data = load_dataset(resolve([{"data": {"dataset": args.dataset, "train_subset": args.images}}]).data)
-    except UserError:  # no full Fashion-MNIST here: the bundled 6,000-image slice, whole or a subset of it
-        args.dataset, args.images = "fashion-mnist-mini", min(args.images, 6000)
-        subset = args.images if args.images < 6000 else None
-        data = load_dataset(resolve([{"data": {"dataset": args.dataset, "train_subset": subset}}]).data)
+    data = timing_data(args)
     ce = trainer_for("ce", 2 * args.batch_size, args, data)
     dlb = trainer_for("dlb", args.batch_size, args, data)
     rates: dict[str, list[float]] = {"ce": [], "dlb": []}

@@ -28,12 +28,11 @@ import time
 from pathlib import Path
 
 import torch
+from timing import timing_data
 
 from selfdistill.config import resolve
-from selfdistill.data import load_dataset
 from selfdistill.engine import Trainer
 from selfdistill.engine.runtime import derive_seed
-from selfdistill.errors import UserError
 from selfdistill.models import build_model
 
 
@@ -75,12 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        data = load_dataset(resolve([{"data": {"dataset": args.dataset, "train_subset": args.images}}]).data)
-    except UserError:  # no full Fashion-MNIST here: the bundled 6,000-image slice, whole or a subset of it
-        args.dataset, args.images = "fashion-mnist-mini", min(args.images, 6000)
-        subset = args.images if args.images < 6000 else None
-        data = load_dataset(resolve([{"data": {"dataset": args.dataset, "train_subset": subset}}]).data)
+    data = timing_data(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "teacher.pt"

@@ -134,12 +134,6 @@ class EvalAccumulator:
                 "correct": [round(c) for c in self._part("bin_correct").tolist()]}
 
 
-def teacher_probs(logits: list[torch.Tensor]) -> torch.Tensor:
-    """The teachers' predictive distribution: softmax of one teacher, or the ensemble's mean of the
-    members' probabilities (Hinton et al. 2015; Stanton et al. 2021), in float32."""
-    return torch.stack([F.softmax(z.float(), dim=1) for z in logits]).mean(0)
-
-
 class FidelityAccumulator:
     """How closely a student follows its teacher (Stanton et al., NeurIPS 2021), as running sums in one
     float64 ``state``: ``[count, top-1 agreements, predictive KL sum]``.
@@ -153,7 +147,7 @@ class FidelityAccumulator:
         self.state = torch.zeros(3, dtype=torch.float64, device=device)
 
     def add(self, student_logits: torch.Tensor, teacher: torch.Tensor) -> None:
-        """``teacher``: the teachers' probabilities for the same rows (see :func:`teacher_probs`)."""
+        """``teacher``: the teachers' probabilities for the same rows (:func:`selfdistill.losses.ensemble_probs`)."""
         log_student = F.log_softmax(student_logits.float(), dim=1)
         agree = (log_student.argmax(1) == teacher.argmax(1)).double().sum()
         kl = F.kl_div(log_student, teacher, reduction="sum").double()

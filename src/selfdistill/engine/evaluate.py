@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from ..data import Augment, eval_batches
 from ..distributed import Dist, all_reduce_sum
-from ..metrics import EvalAccumulator, FidelityAccumulator, TeacherDiagnostics, teacher_probs
+from ..losses import ensemble_probs
+from ..metrics import EvalAccumulator, FidelityAccumulator, TeacherDiagnostics
 from .runtime import Precision
 
 
@@ -43,7 +44,7 @@ def teacher_predictions(teachers: list[Callable[[torch.Tensor], torch.Tensor]], 
         logits = [teacher(x) for teacher in teachers]
         for acc, z in zip(members, logits):
             acc.add(z, labels[idx])
-        probs = teacher_probs(logits)
+        probs = ensemble_probs(logits)
         diagnostics.add(probs, labels[idx])
         chunks.append(probs)
     for state in (diagnostics.eval.state, diagnostics.sums, *(acc.state for acc in members)):

@@ -20,6 +20,13 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     return kl * (t * t)
 
 
+def ensemble_probs(logits: list[torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
+    """The teachers' predictive distribution: softmax(z / T) of one teacher, or the mean of the members'
+    probabilities for an ensemble (Hinton et al. 2015; Stanton et al. 2021); detached, in float32."""
+    with torch.no_grad():
+        return torch.stack([F.softmax(z.float() / temperature, dim=1) for z in logits]).mean(0)
+
+
 def kl_to_target(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``T^2 * KL(target || softmax(student / T))`` for a target that already is a distribution
     (batchmean, target detached)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import require
-from ..losses import cross_entropy, kl_to_target
+from ..losses import cross_entropy, ensemble_probs, kl_to_target
 from .base import Batch, Method, Outputs
 
 
@@ -37,12 +37,6 @@ class KDOptions:
         require(self.temperature > 0, "method.temperature", self.temperature, "a number > 0")
         require(self.ce_weight >= 0, "method.ce_weight", self.ce_weight, "a number >= 0")
         require(self.kd_weight >= 0, "method.kd_weight", self.kd_weight, "a number >= 0")
-
-
-def ensemble_probs(teacher_logits: list[torch.Tensor], temperature: float) -> torch.Tensor:
-    """The mean over teachers of softmax(z_t / T), detached, in float32."""
-    with torch.no_grad():
-        return torch.stack([torch.softmax(z.float() / temperature, dim=1) for z in teacher_logits]).mean(dim=0)
 
 
 class KD(Method):
