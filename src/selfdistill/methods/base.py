@@ -22,11 +22,32 @@ their logits and the taps the method asks for (:meth:`Method.teacher_taps`) as `
 
     z_t = out.teachers[0].logits                 # row-aligned with out.logits
     f_t = out.teachers[0].features["layer3"]     # a tap of teacher 0
+
+Several trainable networks (online distillation): a method may add trainable networks besides the
+student (:meth:`Method.networks`, each a :class:`NetworkSpec` with a role such as ``peer1``,
+``teacher`` or ``branch``). The engine builds each one (seeded by role), gives it its own optimiser and
+schedule (``optim``/``schedule``, overridable per role under ``roles.<role>``), forwards it once per
+step on the same augmented rows, and hands its outputs, *with* gradient, to the method as
+``out.others[role]``. A loss term belongs to the network its name starts with (``peer1_ce``,
+``teacher_switokd_kl``); every other term belongs to the student. A target taken from another
+network must be detached (``.detach()``): the engine runs one backward of the summed terms, and only
+detached targets keep one network's loss out of another's gradient. After :meth:`Method.losses` the
+engine asks :meth:`Method.paused` which networks skip this step: their terms are detached (still
+logged) and their optimisers do not step, though they ran forward in train mode. A method may ask for
+several forward/backward rounds per step (:attr:`Method.rounds`, e.g. DML's sequential variant); the
+rows and their augmentation stay the same, and the logged terms are the mean over the rounds.
+
+Teacher-free methods that look only at one network's own outputs (``replicable = True``: CE, DLB,
+label smoothing, ...) apply to every trainable network when combined with an online method: the stack
+runs one copy per extra network, its terms prefixed with the role (``peer1_dlb_kl``), each copy with its
+own state. Only the student's copy extends the batch (DLB's replayed rows are the same images for
+every network; each copy distils its own network's stored logits).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -140,11 +161,32 @@ class Batch:
         return lam * onehot + (1 - lam) * partner
 
 
+ROLE_PATTERN = re.compile(r"[a-z][a-z0-9]*")  # a role: lower-case letters and digits, e.g. peer1, teacher, branch
+STUDENT = "student"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """A trainable network a method adds to the run besides the student.
+
+    ``role`` names it everywhere (``roles.<role>`` options, ``<role>.pt``, ``<role>_test_top1``, terms
+    ``<role>_...``); ``model`` is its architecture's name in the model zoo, recorded with its weights so
+    that ``<role>.pt`` can be a ``--teacher`` later. ``module`` is a ready network (SOKD's branch, made
+    from the frozen teacher); its ``state_dict`` must load into ``build_model(model, ...)``. Without
+    it the engine builds ``model`` for the data like the student, seeded by role.
+    """
+
+    role: str
+    model: str
+    module: nn.Module | None = None
+
+
 @dataclass
 class Outputs:
     """What the forward produced: logits for every row, plus any tapped features by name. ``others``
-    holds the other networks' outputs on the same rows by role (``teacher``, or ``teacher1``,
-    ``teacher2``, ... when there are several); they carry no gradient."""
+    holds the other networks' outputs on the same rows by role: frozen teachers (``teacher``, or
+    ``teacher1``, ``teacher2``, ... when there are several) carry no gradient; the method's trainable
+    networks (``peer1``, ``teacher``, ``branch``, ...) do, so a target taken from them must be detached."""
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -171,6 +213,13 @@ class SetupContext:
     mixing: bool = False
     teachers: list[nn.Module] = field(default_factory=list)  # frozen, in eval mode, on ``device``
     teacher_names: list[str] = field(default_factory=list)  # their architectures' names
+    networks: dict[str, nn.Module] = field(default_factory=dict)  # the method's trainable networks by role
+
+
+def term_owner(term: str, roles: tuple[str, ...] | list[str]) -> str:
+    """The role whose network a loss term trains: the longest role that prefixes ``<role>_``, else the student."""
+    owners = [role for role in roles if term.startswith(f"{role}_")]
+    return max(owners, key=len) if owners else STUDENT
 
 
 @dataclass
@@ -193,13 +242,33 @@ class Method:
     min_batch_size: ClassVar[int] = 1
     uses_total_epochs: ClassVar[bool] = False  # True: what it does depends on train.epochs (no extension on resume)
     teachers_needed: ClassVar[tuple[int, int | None]] = (0, 0)  # fewest and most frozen teachers (None: any)
+    replicable: ClassVar[bool] = False  # True: reads only its own network's outputs; runs once per trainable network
+    stat_names: ClassVar[tuple[str, ...]] = ()  # per-step statistics (not losses) logged as epoch means
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
         self.options.check()
 
+    def networks(self, ctx: SetupContext) -> list[NetworkSpec]:
+        """The trainable networks this method adds besides the student (online distillation), asked once
+        before :meth:`setup` (``ctx.networks`` is still empty); raise ``UserError`` if they cannot be made."""
+        return []
+
     def setup(self, ctx: SetupContext) -> None:
         """Called once before training; raise ``UserError`` if the model or data cannot work."""
+
+    @property
+    def rounds(self) -> int:
+        """Forward/backward rounds per step (1; DML's sequential variant: one per peer)."""
+        return 1
+
+    def paused(self, round: int) -> frozenset[str]:
+        """Roles whose networks do not step after this round (asked after :meth:`losses`)."""
+        return frozenset()
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """This step's statistics named in ``stat_names`` (0-d tensors; asked after :meth:`losses`)."""
+        return {}
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -226,6 +295,7 @@ class Method:
         return batch
 
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
+        """Named loss terms of this step (of this round, with :attr:`rounds` > 1); see the module docstring."""
         raise NotImplementedError
 
     def update(self, out: Outputs, batch: Batch) -> None:

@@ -16,6 +16,7 @@ class CrossEntropy(Method):
     name = "ce"
     summary = "cross-entropy baseline on hard labels"
     term_names = ("ce",)
+    replicable = True
     provides_task_loss = True
 
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

@@ -67,6 +67,7 @@ class DLB(Method):
     summary = "Self-Distillation from the Last Mini-Batch (CVPR 2022): replay the last batch, distil its old logits"
     Options = DLBOptions
     term_names = ("dlb_kl",)
+    replicable = True
     min_batch_size = 2
 
     def __init__(self, options: DLBOptions | None = None) -> None:

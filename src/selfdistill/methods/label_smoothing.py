@@ -33,6 +33,7 @@ class LabelSmoothing(Method):
     summary = "label smoothing: cross-entropy against (1 - eps) one-hot + eps uniform"
     Options = LSOptions
     term_names = ("ls_ce",)
+    replicable = True
     provides_task_loss = True
 
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

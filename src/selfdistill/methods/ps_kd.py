@@ -42,6 +42,7 @@ class PSKD(Method):
     summary = "progressive self-KD: targets mix the label with last epoch's own prediction (ICCV 2021)"
     Options = PSKDOptions
     term_names = ("pskd_ce",)
+    replicable = True
     provides_task_loss = True
     supports_mixing = False
     uses_total_epochs = True  # alpha ramps over train.epochs

@@ -5,22 +5,34 @@ member replaces it, lets each member extend the batch in turn, and collects ever
 terms. It refuses, before training, combinations that cannot work: two members that produce a term
 of the same name, two that each replace the cross-entropy, two that each bring their own sampler,
 and members that cannot take mixup/CutMix when it is on.
+
+With an online member (one that adds trainable networks, :meth:`Method.networks`), every other member
+must be ``replicable``: the stack then runs a copy of it for each added network (its terms prefixed
+with the role, its state its own), so ``dml+dlb`` trains every peer with DLB on its own last batch,
+and the cross-entropy covers every network. After the members' losses it detaches the terms of the
+networks the members pause this step (:meth:`Method.paused`), so that no gradient reaches them.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .base import Batch, Method, Outputs, SetupContext
+from .base import Batch, Method, NetworkSpec, Outputs, SetupContext, term_owner
 from .ce import CrossEntropy
 
 
 def _has_sampler(method: Method) -> bool:
     return type(method).batches is not Method.batches
+
+
+def _is_online(method: Method) -> bool:
+    return type(method).networks is not Method.networks
 
 
 class MethodStack(Method):
@@ -52,6 +64,24 @@ class MethodStack(Method):
             raise UserError(f"method.name={self.name!r}: its members disagree on the number of teachers "
                             f"(at least {fewest}, at most {most})")
         self.teachers_needed = (fewest, most)
+        online = [m.name for m in members if _is_online(m)]
+        if len(online) > 1:
+            raise UserError(f"method.name={self.name!r}: {' and '.join(online)} each train their own networks; "
+                            "combine at most one online method")
+        stuck = [m.name for m in members if online and not _is_online(m) and not m.replicable]
+        if stuck:
+            raise UserError(f"method.name={self.name!r}: {stuck[0]} cannot run on each network of {online[0]} (it "
+                            "needs its own heads, taps, sampler or teacher); combine it with a single-network method")
+        self.roles: tuple[str, ...] = ()  # the trainable networks besides the student, known after networks()
+        self.copies: dict[str, list[Method]] = {}  # role -> a copy of each replicable member
+
+    def networks(self, ctx: SetupContext) -> list[NetworkSpec]:
+        specs = [spec for m in self.members for spec in m.networks(ctx)]
+        self.roles = tuple(spec.role for spec in specs)
+        self.copies = {role: [copy.deepcopy(m) for m in self.members if not _is_online(m)] for role in self.roles}
+        copied = (f"{role}_{t}" for role, copies in self.copies.items() for m in copies for t in m.term_names)
+        self.term_names = (*(t for m in self.members for t in m.term_names), *copied)
+        return specs
 
     def setup(self, ctx: SetupContext) -> None:
         if ctx.mixing:
@@ -61,6 +91,10 @@ class MethodStack(Method):
                                 "need unmixed rows); set data.mix.name=none")
         for m in self.members:
             m.setup(ctx)
+        for role, copies in self.copies.items():
+            own = dataclasses.replace(ctx, model=ctx.networks[role], model_name=role)
+            for m in copies:
+                m.setup(own)
 
     @property
     def taps(self) -> tuple[str, ...]:
@@ -81,8 +115,25 @@ class MethodStack(Method):
                 return m.batches(labels, batch_size, generator, drop_last, rank, world_size)
         return None
 
+    @property
+    def rounds(self) -> int:
+        return max(m.rounds for m in self.members)
+
+    def paused(self, round: int) -> frozenset[str]:
+        return frozenset().union(*(m.paused(round) for m in self.members))
+
+    @property
+    def stat_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(s for m in self.members for s in m.stat_names)
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        return {k: v for m in self.members for k, v in m.stats().items()}
+
+    def _all(self) -> list[Method]:
+        return [*self.members, *(m for copies in self.copies.values() for m in copies)]
+
     def start_epoch(self, epoch: int) -> None:
-        for m in self.members:
+        for m in self._all():
             m.start_epoch(epoch)
 
     def extend(self, batch: Batch) -> Batch:
@@ -94,15 +145,32 @@ class MethodStack(Method):
         terms: dict[str, torch.Tensor] = {}
         for m in self.members:
             terms.update(m.losses(out, batch))
+        for role, copies in self.copies.items():
+            for m in copies:
+                terms.update({f"{role}_{k}": v for k, v in m.losses(out.others[role], batch).items()})
         return terms
+
+    def detach_paused(self, terms: dict[str, torch.Tensor], round: int) -> dict[str, torch.Tensor]:
+        """``terms`` with those of the networks paused in this round detached (their values still logged)."""
+        paused = self.paused(round)
+        if not paused:
+            return terms
+        return {k: v.detach() if term_owner(k, self.roles) in paused else v for k, v in terms.items()}
 
     def update(self, out: Outputs, batch: Batch) -> None:
         for m in self.members:
             m.update(out, batch)
+        for role, copies in self.copies.items():
+            for m in copies:
+                m.update(out.others[role], batch)
 
     def state_dict(self) -> dict[str, Any]:
-        return {m.name: m.state_dict() for m in self.members}
+        state = {m.name: m.state_dict() for m in self.members}
+        return state | {f"{role}:{m.name}": m.state_dict() for role, copies in self.copies.items() for m in copies}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for m in self.members:
             m.load_state_dict(state[m.name])
+        for role, copies in self.copies.items():
+            for m in copies:
+                m.load_state_dict(state[f"{role}:{m.name}"])

@@ -62,6 +62,7 @@ class TfKDReg(Method):
     summary = "Tf-KD with a virtual teacher (a on the label, softened by T) (CVPR 2020)"
     Options = TfKDRegOptions
     term_names = ("tfkd_ce", "tfkd_reg_kl")
+    replicable = True
     provides_task_loss = True
 
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:

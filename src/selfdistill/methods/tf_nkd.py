@@ -45,6 +45,7 @@ class TfNKD(Method):
     summary = "teacher-free NKD: own batch-centred target probability reweights the target term (2022)"
     Options = TfNKDOptions
     term_names = ("tf_nkd",)
+    replicable = True
 
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         rows = batch.supervised_rows()
