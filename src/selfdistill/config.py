@@ -129,6 +129,9 @@ class TrainConfig:
 class Config:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
     teachers: list[dict[str, Any]] = field(default_factory=list)  # frozen teachers: {path, model}, see teachers.py
+    # per-role overrides of optim/schedule for the trainable networks of online methods, e.g.
+    # {"teacher": {"optim": {"lr": 0.1}}}; a role without an entry uses optim/schedule as they are
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -140,6 +143,23 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def role_optim(self, role: str) -> OptimConfig:
+        """The optimiser settings of network ``role``: ``optim`` with ``roles.<role>.optim`` over it."""
+        return _role_section(self, role, "optim", OptimConfig)
+
+    def role_schedule(self, role: str) -> ScheduleConfig:
+        """The schedule of network ``role``: ``schedule`` with ``roles.<role>.schedule`` over it."""
+        return _role_section(self, role, "schedule", ScheduleConfig)
+
+
+ROLE_SECTIONS = ("optim", "schedule")
+ROLE_NAME = re.compile(r"[a-z][a-z0-9]*")  # student, peer1, teacher, branch, ...
+
+
+def _role_section(config: Config, role: str, section: str, cls: type) -> Any:
+    base = dataclasses.asdict(getattr(config, section))
+    return build_dataclass(cls, merge(base, config.roles.get(role, {}).get(section, {})), f"roles.{role}.{section}")
 
 
 # Fields that never change what a run computes (where files come from, what is shown, how long to wait for
@@ -367,14 +387,39 @@ def resolve(layers: list[dict[str, Any]]) -> Config:
                         f"{allowed}")
     method = raw.pop("method")
     teachers = raw.pop("teachers")
+    roles = raw.pop("roles")
     for section, value in raw.items():
         if not isinstance(value, dict):
             raise UserError(f"config section {section!r} must be a mapping of keys, got {value!r}")
     config = build_dataclass(Config, raw, "")
     config.method = _resolve_method(method)
     config.teachers = _resolve_teachers(teachers)
+    config.roles = _resolve_roles(roles)
     validate(config)
     return config
+
+
+def _resolve_roles(roles: Any) -> dict[str, dict[str, Any]]:
+    """Check the shape of ``roles`` (each role's optim/schedule overrides); which roles a run has is
+    known only once its method has made its networks (the trainer checks that)."""
+    if roles is None:
+        return {}
+    if not isinstance(roles, dict):
+        raise UserError(f"roles must be a mapping of role names to optim/schedule overrides, got {roles!r}")
+    resolved: dict[str, dict[str, Any]] = {}
+    for role, sections in roles.items():
+        require(isinstance(role, str) and ROLE_NAME.fullmatch(role) is not None, "roles", role,
+                "role names of lower-case letters and digits (student, peer1, teacher, branch, ...)")
+        if not isinstance(sections, dict):
+            raise UserError(f"roles.{role} must be a mapping with optim and/or schedule, got {sections!r}")
+        stray = [k for k in sections if k not in ROLE_SECTIONS]
+        if stray:
+            raise UserError(f"unknown config key 'roles.{role}.{stray[0]}'; allowed: {', '.join(ROLE_SECTIONS)}")
+        for section, values in sections.items():
+            if not isinstance(values, dict):
+                raise UserError(f"roles.{role}.{section} must be a mapping of {section} settings, got {values!r}")
+        resolved[role] = {section: dict(sections[section]) for section in ROLE_SECTIONS if section in sections}
+    return resolved
 
 
 def _resolve_teachers(teachers: Any) -> list[dict[str, Any]]:
@@ -431,17 +476,11 @@ def validate(config: Config) -> None:
     pad = d.augment.crop_padding
     require(pad is None or 0 <= pad <= MAX_IMAGE_SIZE, "data.augment.crop_padding", pad,
             f"null or an integer in [0, {MAX_IMAGE_SIZE}]")
-    require(o.lr > 0, "optim.lr", o.lr, "a number > 0")
-    require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
-    require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
-    require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two numbers in [0, 1)")
-    require(not (o.nesterov and o.name == "sgd" and o.momentum == 0), "optim.nesterov", o.nesterov,
-            "false when optim.momentum is 0")
-    require(s.gamma > 0, "schedule.gamma", s.gamma, "a number > 0")
-    require(s.warmup_epochs >= 0, "schedule.warmup_epochs", s.warmup_epochs, "a number >= 0")
-    require(all(m >= 1 for m in s.milestones) and s.milestones == sorted(s.milestones), "schedule.milestones",
-            s.milestones, "increasing epochs >= 1")
-    require(s.min_lr >= 0, "schedule.min_lr", s.min_lr, "a number >= 0")
+    _check_optim(o, "optim")
+    _check_schedule(s, "schedule")
+    for role in config.roles:
+        _check_optim(config.role_optim(role), f"roles.{role}.optim")
+        _check_schedule(config.role_schedule(role), f"roles.{role}.schedule")
     require(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
     require(t.threads is None or 1 <= t.threads <= MAX_THREADS, "train.threads", t.threads,
             f"null or an integer in [1, {MAX_THREADS}]")
@@ -464,6 +503,24 @@ def validate(config: Config) -> None:
     minimum = method.min_batch_size
     require(d.batch_size >= minimum, "data.batch_size", d.batch_size,
             f"an integer >= {minimum} for method {config.method['name']}")
+
+
+def _check_optim(o: OptimConfig, where: str) -> None:
+    require(o.lr > 0, f"{where}.lr", o.lr, "a number > 0")
+    require(0 <= o.momentum < 1, f"{where}.momentum", o.momentum, "a number in [0, 1)")
+    require(o.weight_decay >= 0, f"{where}.weight_decay", o.weight_decay, "a number >= 0")
+    require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"{where}.betas", o.betas,
+            "two numbers in [0, 1)")
+    require(not (o.nesterov and o.name == "sgd" and o.momentum == 0), f"{where}.nesterov", o.nesterov,
+            f"false when {where}.momentum is 0")
+
+
+def _check_schedule(s: ScheduleConfig, where: str) -> None:
+    require(s.gamma > 0, f"{where}.gamma", s.gamma, "a number > 0")
+    require(s.warmup_epochs >= 0, f"{where}.warmup_epochs", s.warmup_epochs, "a number >= 0")
+    require(all(m >= 1 for m in s.milestones) and s.milestones == sorted(s.milestones), f"{where}.milestones",
+            s.milestones, "increasing epochs >= 1")
+    require(s.min_lr >= 0, f"{where}.min_lr", s.min_lr, "a number >= 0")
 
 
 def _check_teacher_count(name: str, needed: tuple[int, int | None], given: int) -> None:

@@ -54,28 +54,53 @@ def teacher_predictions(teachers: list[Callable[[torch.Tensor], torch.Tensor]], 
                               [acc.top1() for acc in members])
 
 
+@dataclass
+class NetworkEvaluation:
+    """One evaluation of the run's trainable networks: each network's metrics by role (the student
+    first), the fidelity of every pair ``(a, b)`` with ``b`` after ``a`` in that order (agreement, and
+    KL(p_b || p_a)), the ensemble's metrics (mean of the networks' probabilities; with two networks or
+    more), and the student's fidelity to the frozen teachers when there are any."""
+
+    networks: dict[str, EvalAccumulator]
+    pairs: dict[tuple[str, str], FidelityAccumulator]
+    ensemble: EvalAccumulator | None
+    teachers: FidelityAccumulator | None
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, augment: Augment,
-             batch_size: int, precision: Precision, ctx: Dist = Dist(),
-             teachers: TeacherPredictions | None = None) -> tuple[EvalAccumulator, FidelityAccumulator | None]:
-    """Top-1, NLL and ECE of ``model`` (in eval mode) over every test image exactly once; with
-    ``teachers`` (from :func:`teacher_predictions` with the same batch size), also its fidelity."""
-    was_training = model.training
-    model.eval()
-    acc = EvalAccumulator(num_classes, device=images.device)
-    fidelity = FidelityAccumulator(images.device) if teachers is not None else None
+def evaluate_networks(models: dict[str, nn.Module], images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                      augment: Augment, batch_size: int, precision: Precision, ctx: Dist = Dist(),
+                      teachers: TeacherPredictions | None = None) -> NetworkEvaluation:
+    """Top-1, NLL and ECE of every model (in eval mode; ``models`` by role, the student first) over every
+    test image exactly once, with the pairs' fidelity and the ensemble; with ``teachers`` (from
+    :func:`teacher_predictions` with the same batch size), also the student's fidelity to them."""
+    device = images.device
+    modes = {role: model.training for role, model in models.items()}
+    for model in models.values():
+        model.eval()
+    roles = list(models)
+    accs = {role: EvalAccumulator(num_classes, device=device) for role in roles}
+    pairs = {(a, b): FidelityAccumulator(device) for i, a in enumerate(roles) for b in roles[i + 1:]}
+    ensemble = EvalAccumulator(num_classes, device=device) if len(roles) > 1 else None
+    fidelity = FidelityAccumulator(device) if teachers is not None else None
     start = 0
     for idx in eval_batches(len(labels), batch_size, ctx.rank, ctx.world_size):
-        idx = idx.to(images.device)
+        idx = idx.to(device)
         x = precision.inputs(augment.eval(images[idx]))
         with precision.autocast():
-            logits = model(x)
-        acc.add(logits, labels[idx])
+            logits = {role: model(x) for role, model in models.items()}
+        for role, z in logits.items():
+            accs[role].add(z, labels[idx])
+        for (a, b), acc in pairs.items():
+            acc.add(logits[a], torch.softmax(logits[b].float(), dim=1))
+        if ensemble is not None:
+            ensemble.add_probs(ensemble_probs(list(logits.values())), labels[idx])
         if fidelity is not None and teachers is not None:
-            fidelity.add(logits, teachers.probs[start:start + len(idx)])
+            fidelity.add(logits[roles[0]], teachers.probs[start:start + len(idx)])
         start += len(idx)
-    all_reduce_sum(acc.state, ctx)
-    if fidelity is not None:
-        all_reduce_sum(fidelity.state, ctx)
-    model.train(was_training)
-    return acc, fidelity
+    states = [acc.state for acc in (*accs.values(), *pairs.values(), *(a for a in (ensemble, fidelity) if a))]
+    for state in states:
+        all_reduce_sum(state, ctx)
+    for role, model in models.items():
+        model.train(modes[role])
+    return NetworkEvaluation(accs, pairs, ensemble, fidelity)

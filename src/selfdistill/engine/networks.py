@@ -1,8 +1,10 @@
-"""The networks of a run besides the student, each with a role.
+"""The networks of a run, each with a role.
 
-A run trains a set of networks: the ``student`` (``--model``; the trainer's own model, optimiser and
-schedule) and, around it, the networks a method needs. Today these are frozen teachers
-(:class:`FrozenNetwork`): placed like the student (device, ``torch.compile`` when ``train.compile``,
+A run trains a set of networks: the ``student`` (``--model``, saved as ``model.pt``) and, around it, the
+networks a method needs. Trainable ones (:class:`TrainableNetwork`: the student, and an online method's
+peers, online teacher or branch) each carry their own optimiser and learning-rate schedule, their own
+DDP wrapper and their own feature taps; frozen ones are teachers (:class:`FrozenNetwork`): placed
+like the student (device, ``torch.compile`` when ``train.compile``,
 bf16 autocast when ``train.amp``), in eval mode with ``requires_grad_(False)``, and forwarded once per
 step on the student's augmented rows under ``inference_mode``. A teacher always runs channels_last, on
 a CPU too: its inference took 0.82x (resnet20, 1x28x28) and 0.78x (resnet56, 3x32x32) of the NCHW time
@@ -18,10 +20,58 @@ import contextlib
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
+from ..config import OptimConfig, ScheduleConfig
+from ..distributed import Dist
 from ..methods import Outputs
 from ..models import FeatureTaps
-from .runtime import Precision
+from .optim import LRSchedule, make_optimizer
+from .runtime import GroupedForward, Precision
+
+
+class TrainableNetwork:
+    """A network that learns in this run: its module (and, for the student, the method's training-only
+    modules, ``extras``), optimiser over the parameters that require gradient, schedule, and the
+    forward the step calls (compiled and DDP-wrapped as configured). ``net(inputs, splits)`` gives its
+    :class:`Outputs` with gradient."""
+
+    def __init__(self, role: str, arch: str, model: nn.Module, extras: nn.Module, optim: OptimConfig,
+                 schedule: ScheduleConfig, epochs: int, steps: int, ctx: Dist, device: torch.device,
+                 compile: bool = False, taps: tuple[str, ...] = ()) -> None:
+        self.role, self.arch, self.model, self.extras = role, arch, model, extras
+        params = [p for p in (*model.parameters(), *extras.parameters()) if p.requires_grad]
+        self.optimizer = make_optimizer(params, optim)
+        self.schedule = LRSchedule(schedule, optim.lr, epochs, steps)
+        self.taps = FeatureTaps(model, list(taps)) if taps else None
+        forward: nn.Module = GroupedForward(torch.compile(model) if compile else model, extras)
+        if ctx.enabled:
+            forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
+                                              gradient_as_bucket_view=True)
+        self.forward: nn.Module | None = forward
+
+    def __call__(self, inputs: torch.Tensor, splits: list[tuple[int, bool]] | None) -> Outputs:
+        assert self.forward is not None, "the network's forward was released"
+        with self.taps.record() if self.taps else contextlib.nullcontext():
+            logits = self.forward(inputs, splits)
+        return Outputs(logits, dict(self.taps.features) if self.taps else {})
+
+    def train(self) -> None:
+        self.model.train()
+        self.extras.train()
+
+    def release(self) -> None:
+        """Drop the DDP wrapper (its reducer must go before the process group it talks through)."""
+        self.forward = None
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "extras": self.extras.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.extras.load_state_dict(state["extras"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class FrozenNetwork:

@@ -7,6 +7,7 @@
     log.csv        one row per epoch, rewritten after every checkpoint (never ahead of it)
     model.pt       the final weights (a plain ``state_dict``)
     model.json     the model card: what inference needs (architecture, classes, input, normalisation)
+    <role>.pt, <role>.json   the same for each further trainable network of an online method (peer1, teacher, ...)
     metrics.json   the final summary, written LAST: it exists only when every other output does
     diverged.json  present while the last attempt stopped because the run diverged
     diverged-N/    an earlier, diverged run, moved aside by a rerun into the same ``--out``
@@ -58,13 +59,22 @@ CHECKPOINT_VERSION = 1
 NO_PROGRESS_FILES = (CONFIG, LOG)  # what a run that never finished an epoch may have left
 
 
+NETWORK_FILE = re.compile(r"^[a-z][a-z0-9]*\.(pt|json)$")  # <role>.pt and <role>.json of an online method's networks
+
+
+def network_files(role: str) -> tuple[str, str]:
+    """The weights file and model card of a trainable network: the student's are model.pt and model.json."""
+    return (MODEL, MODEL_CARD) if role == "student" else (f"{role}.pt", f"{role}.json")
+
+
 def _is_run_file(name: str) -> bool:
     return (name in (LOCK, *RUN_FILES) or name.startswith(TENSORBOARD_PREFIX) or _is_our_temporary(name)
-            or ARCHIVE.match(name) is not None)
+            or ARCHIVE.match(name) is not None or NETWORK_FILE.match(name) is not None)
 
 
 def _is_our_temporary(name: str) -> bool:
-    return fileio.temporary_target(name) in RUN_FILES
+    target = fileio.temporary_target(name)
+    return target in RUN_FILES or (target is not None and NETWORK_FILE.match(target) is not None)
 
 
 def _refuse_foreign(path: Path) -> None:
@@ -153,7 +163,7 @@ class RunDir:
         if METRICS in names:
             raise UserError(f"--out {self.path} already holds a finished run; choose a new --out (or extend the run "
                             "with selfdistill train --resume --epochs N)")
-        progress = [n for n in (CHECKPOINT, MODEL, MODEL_CARD) if n in names]
+        progress = [n for n in names if n in (CHECKPOINT, MODEL, MODEL_CARD) or NETWORK_FILE.match(n)]
         if progress:
             raise UserError(f"--out {self.path} already holds an unfinished run ({progress[0]}); continue it with "
                             "selfdistill train --resume, or choose a new --out")
@@ -180,8 +190,10 @@ class RunDir:
         fileio.fsync_dir(self.path)
         return f"the diverged run that was here is kept in {archive}"
 
-    def missing_final_outputs(self) -> list[str]:
-        return [name for name in (LOG, *FINAL_OUTPUTS) if not (self.path / name).is_file()]
+    def missing_final_outputs(self, roles: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """The final outputs not (yet) in the directory; ``roles``: the run's trainable networks besides the student."""
+        names = [LOG, MODEL, MODEL_CARD, *(f for role in roles for f in network_files(role)), METRICS]
+        return [name for name in names if not (self.path / name).is_file()]
 
     # ------------------------------------------------------------------ writing
     def write_text(self, name: str, text: str) -> None:

@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
 
 from .. import __version__
 from ..config import Config, differences, read_yaml_file, resolve
@@ -53,17 +52,16 @@ from ..distributed import (
 )
 from ..errors import OutputError, PeerFailure, SelfdistillError, TrainingDiverged, UserError, one_line
 from ..methods import Batch, Outputs, build_method
-from ..methods.base import SetupContext
+from ..methods.base import ROLE_PATTERN, STUDENT, NetworkSpec, SetupContext
 from ..modelcard import ModelCard, weights_sha256, write_model_card
-from ..models import FeatureTaps, build_model, count_parameters
+from ..models import build_model, count_parameters
 from ..teachers import DataShape, TeacherSpec, check_unchanged, load_teacher, teacher_roles
 from . import rundir, tensorboard
-from .evaluate import TeacherPredictions, evaluate, teacher_predictions
-from .networks import FrozenNetwork
-from .optim import LRSchedule, make_optimizer
+from .evaluate import NetworkEvaluation, TeacherPredictions, evaluate_networks, teacher_predictions
+from .networks import FrozenNetwork, TrainableNetwork
 from .progress import Progress
 from .resume import check_resume
-from .runtime import GroupedForward, Precision, configure_torch, derive_seed, resolve_device
+from .runtime import Precision, configure_torch, derive_seed, resolve_device
 
 TEACHER_FIGURES = ("top1", "nll", "ece", "entropy", "nontarget_entropy")  # TeacherDiagnostics.summary()
 CHECK_EVERY = 25  # steps between checks for a non-finite loss (each check is one device sync)
@@ -150,34 +148,39 @@ class Trainer:
         torch.manual_seed(derive_seed(cfg.train.seed, "init"))
         model = build_model(cfg.model.name, d.num_classes, d.in_channels, self.image_size)
         self.model = self.precision.model(model).to(self.device)
-        self._probe()
+        self._probe(self.model, f"model.name={cfg.model.name!r}")
         self.teachers = self._build_teachers()
         self.method = build_method(cfg.method)
-        self.method.setup(SetupContext(self.model, cfg.model.name, d.num_classes,
-                                       (d.in_channels, self.image_size, self.image_size), d.train_labels,
-                                       cfg.train.epochs, self.device, self.ctx, self.mixer is not None,
-                                       [t.module for t in self.teachers], [s.model for s in self.teacher_sources]))
+        setup = SetupContext(self.model, cfg.model.name, d.num_classes, (d.in_channels, self.image_size,
+                             self.image_size), d.train_labels, cfg.train.epochs, self.device, self.ctx,
+                             self.mixer is not None, [t.module for t in self.teachers],
+                             [s.model for s in self.teacher_sources])
+        others = self._build_networks(setup)
+        setup.networks = {role: module for role, (_, module) in others.items()}
+        self.method.setup(setup)
         for teacher, paths in zip(self.teachers, self.method.teacher_taps()):
             teacher.tap(paths)
         self.teacher_eval: TeacherPredictions | None = None  # the teachers' test predictions, made once
         self.extras = self.precision.model(nn.ModuleDict(self.method.modules())).to(self.device)
-        self.taps = FeatureTaps(self.model, list(self.method.taps)) if self.method.taps else None
         self.train_labels_cpu = d.train_labels.cpu()
         self.steps = len(self._epoch_batches(0))
         if self.steps == 0:
             raise UserError(f"data.batch_size={cfg.data.batch_size} leaves no training step per epoch with "
                             f"{len(d.train_labels)} training images")
-        self.optimizer = make_optimizer(list(self.model.parameters()) + list(self.extras.parameters()), cfg.optim)
-        self.schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.train.epochs, self.steps)
-        forward: nn.Module = GroupedForward(torch.compile(self.model) if cfg.train.compile else self.model,
-                                            self.extras)
         if self.ctx.enabled:
             # 1x1 kernels' gradients may carry arbitrary strides on their size-1 dimensions: contiguous, yet
             # not stride-identical to DDP's bucket, which then warns on every step although nothing is wrong.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-            forward = DistributedDataParallel(forward, device_ids=[self.device.index] if self.device.type == "cuda"
-                                              else None, gradient_as_bucket_view=True)
-        self.forward = forward
+
+        def trainable(role: str, arch: str, module: nn.Module, extras: nn.Module,
+                      taps: tuple[str, ...] = ()) -> TrainableNetwork:
+            return TrainableNetwork(role, arch, module, extras, cfg.role_optim(role), cfg.role_schedule(role),
+                                    cfg.train.epochs, self.steps, self.ctx, self.device, cfg.train.compile, taps)
+
+        self.nets = [trainable(STUDENT, cfg.model.name, self.model, self.extras, self.method.taps),
+                     *(trainable(role, arch, module, nn.ModuleDict()) for role, (arch, module) in others.items())]
+        self.student = self.nets[0]
+        self.optimizer, self.schedule = self.student.optimizer, self.student.schedule
         self.progress = Progress(cfg.train.progress, self.ctx.is_main, cfg.train.status_every, self.split)
         self.write_tensorboard = self.run is not None and tensorboard.wanted(cfg.train.tensorboard)
         self.history: list[dict[str, Any]] = []
@@ -187,21 +190,48 @@ class Trainer:
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
 
-    def _probe(self) -> None:
+    def _probe(self, model: nn.Module, what: str) -> None:
         """One forward of two training images in eval mode (no state changes), so that images the model
         cannot take end here with one line instead of a traceback in the first step."""
         x = self.precision.inputs(self.augment.eval(self.data.train_images[:2]))
-        self.model.eval()
+        model.eval()
         try:
             with torch.no_grad(), self.precision.autocast():
-                self.model(x)
+                model(x)
         except RuntimeError as exc:
             c, h, w = x.shape[1:]
-            raise UserError(f"model.name={self.config.model.name!r} cannot take {c}x{h}x{w} images "
-                            f"({one_line(exc)[:160]}); choose another model or enlarge the images with "
-                            "--set data.pad_to=32") from None
+            raise UserError(f"{what} cannot take {c}x{h}x{w} images ({one_line(exc)[:160]}); choose another model "
+                            "or enlarge the images with --set data.pad_to=32") from None
         finally:
-            self.model.train()
+            model.train()
+
+    def _build_networks(self, setup: SetupContext) -> dict[str, tuple[str, nn.Module]]:
+        """The method's trainable networks besides the student, by role: (architecture, module on the
+        device). Each is built under a seed of its own role, so adding a peer changes no other network's
+        initial weights; each is probed with two training images like the student."""
+        cfg, d = self.config, self.data
+        torch.manual_seed(derive_seed(cfg.train.seed, "init", "networks"))
+        specs: list[NetworkSpec] = self.method.networks(setup)
+        taken = {STUDENT, *(t.role for t in self.teachers)}
+        networks: dict[str, tuple[str, nn.Module]] = {}
+        for spec in specs:
+            if ROLE_PATTERN.fullmatch(spec.role) is None or spec.role in taken or spec.role in networks:
+                raise UserError(f"method {self.method.name} names a network {spec.role!r}, which is not a free role "
+                                f"(taken: {', '.join(sorted(taken | set(networks)))})")
+            module = spec.module
+            if module is None:
+                torch.manual_seed(derive_seed(cfg.train.seed, "init", spec.role))
+                module = build_model(spec.model, d.num_classes, d.in_channels, self.image_size)
+            module = self.precision.model(module).to(self.device)
+            self._probe(module, f"the {spec.role} network ({spec.model})")
+            networks[spec.role] = (spec.model, module)
+        unknown = sorted(set(cfg.roles) - {STUDENT, *networks})
+        if unknown:
+            frozen = unknown[0] in taken
+            has = ", ".join([STUDENT, *networks])
+            raise UserError(f"roles.{unknown[0]}: " + (f"the {unknown[0]} is frozen and has no optimiser" if frozen
+                            else f"method {self.method.name} has no network of that role") + f"; its roles: {has}")
+        return networks
 
     def _build_teachers(self) -> list[FrozenNetwork]:
         """Load, check and place the frozen teachers; probe each with two training images."""
@@ -245,9 +275,12 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         where = self.out / rundir.CHECKPOINT if self.out is not None else rundir.CHECKPOINT
         try:
-            self.model.load_state_dict(state["model"])
-            self.extras.load_state_dict(state["extras"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.student.load_state_dict(state)
+            saved = state.get("networks", {})
+            if sorted(saved) != sorted(net.role for net in self.nets[1:]):
+                raise KeyError(f"networks {sorted(saved)}")
+            for net in self.nets[1:]:
+                net.load_state_dict(saved[net.role])
             self.method.load_state_dict(_to_device(state["method"][self.ctx.rank], self.device))
             self.history = list(state["history"])
             self.start_epoch = self.saved_epoch = int(state["epoch"])
@@ -281,10 +314,11 @@ class Trainer:
         aug_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.train.seed, "augment", epoch, self.ctx.rank))
         batches = self._epoch_batches(epoch)
         self.method.start_epoch(epoch)
-        self.model.train()
-        self.extras.train()
-        names = self.method.term_names
+        for net in self.nets:
+            net.train()
+        names, stat_names, rounds = self.method.term_names, self.method.stat_names, self.method.rounds
         term_sums = torch.zeros(len(names), device=dev)
+        stat_sums = torch.zeros(len(stat_names), device=dev)
         correct = torch.zeros((), device=dev)
         finite = torch.ones((), dtype=torch.bool, device=dev)
         rows = new_rows = 0
@@ -292,27 +326,25 @@ class Trainer:
         _sync(dev)
         start = time.perf_counter()
         for step, idx in enumerate(batches):
-            self.schedule.apply(self.optimizer, epoch, step)
+            for net in self.nets:
+                net.schedule.apply(net.optimizer, epoch, step)
             idx = idx.to(dev, non_blocking=True)
             batch = Batch.new(d.train_images[idx], d.train_labels[idx], idx)
             if self.mixer is not None:
                 batch.mix = self.mixer.draw(batch.images, batch.labels, aug_gen)
             batch = self.method.extend(batch)
             batch.inputs = self._inputs(batch, aug_gen)
-            others = {teacher.role: teacher(batch.inputs) for teacher in self.teachers}
-            with self.precision.autocast():
-                with self.taps.record() if self.taps else contextlib.nullcontext():
-                    logits = self.forward(batch.inputs, batch.forward_splits())
-                out = Outputs(logits, dict(self.taps.features) if self.taps else {}, others)
-                terms = self.method.losses(out, batch)
-            loss = torch.stack(list(terms.values())).sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            teachers = {teacher.role: teacher(batch.inputs) for teacher in self.teachers}
+            for round in range(rounds):
+                out, terms, loss = self._round(batch, teachers, round)
+                with torch.no_grad():
+                    term_sums += torch.stack([t.detach().float() for t in terms.values()]) / rounds
             self.method.update(out, batch)  # after backward: state it changes in place may be in the graph (CRD)
 
             with torch.no_grad():
-                term_sums += torch.stack([t.detach().float() for t in terms.values()])
+                if stat_names:
+                    stats = self.method.stats()
+                    stat_sums += torch.stack([stats[n].detach().float() for n in stat_names])
                 new = batch.parts["new"]
                 correct += (out.logits[new].argmax(1) == batch.labels[new]).sum()
                 finite &= torch.isfinite(loss.detach())
@@ -331,13 +363,36 @@ class Trainer:
         seconds = time.perf_counter() - start
         if any_rank(not bool(finite), self.ctx, dev):
             raise TrainingDiverged(f"the loss became non-finite in epoch {epoch + 1}")
-        totals = all_reduce_sum(torch.cat([term_sums, correct[None],
+        totals = all_reduce_sum(torch.cat([term_sums, stat_sums, correct[None],
                                            torch.tensor([float(new_rows), float(rows), float(len(batches))],
                                                         device=dev)]), self.ctx)
-        k = len(names)
+        k = len(names) + len(stat_names)
         steps_all = float(totals[k + 3])
-        return EpochResult({n: float(totals[i]) / steps_all for i, n in enumerate(names)},
+        return EpochResult({n: float(totals[i]) / steps_all for i, n in enumerate((*names, *stat_names))},
                            100.0 * float(totals[k]) / float(totals[k + 1]), int(totals[k + 2]), seconds)
+
+    def _round(self, batch: Batch, teachers: dict[str, Outputs],
+               round: int) -> tuple[Outputs, dict[str, torch.Tensor], torch.Tensor]:
+        """One forward of every trainable network on the batch's rows, the method's terms, one backward of
+        their sum, and a step of every network the method does not pause in this round."""
+        splits = batch.forward_splits()
+        with self.precision.autocast():
+            outs = [net(batch.inputs, splits) for net in self.nets]
+            out = Outputs(outs[0].logits, outs[0].features,
+                          {**teachers, **{net.role: o for net, o in zip(self.nets[1:], outs[1:])}})
+            terms = self.method.losses(out, batch)
+        terms = self.method.detach_paused(terms, round)
+        paused = self.method.paused(round)
+        loss = torch.stack(list(terms.values())).sum()
+        if self.ctx.enabled:  # DDP waits for a gradient of every network it forwarded: give paused ones zeros
+            loss = loss + sum(0.0 * o.logits.float().sum() for net, o in zip(self.nets, outs) if net.role in paused)
+        for net in self.nets:
+            net.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for net in self.nets:
+            if net.role not in paused:
+                net.optimizer.step()
+        return out, terms, loss
 
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
@@ -354,8 +409,8 @@ class Trainer:
         finally:
             if self.run is not None:
                 self.run.release()
-            if self.ctx.enabled:
-                self.forward = self.model  # DDP's reducer goes before the process group it talks through
+            for net in self.nets if self.ctx.enabled else ():
+                net.release()  # DDP's reducer goes before the process group it talks through
             shutdown(self.ctx)
 
     def _train_remaining_epochs(self) -> dict[str, Any]:
@@ -458,22 +513,54 @@ class Trainer:
         if self.teachers:
             row.update({f"{s}_agreement": None, f"{s}_teacher_kl": None,
                         **{f"teacher_{s}_{k}": None for k in TEACHER_FIGURES}})
+        row.update(dict.fromkeys(self._network_columns()))
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
             if self.teachers and self.teacher_eval is None:
                 self.teacher_eval = teacher_predictions([t.logits for t in self.teachers], d.test_images,
                                                         d.test_labels, d.num_classes, self.augment,
                                                         cfg.data.eval_batch_size, self.precision, self.ctx)
-            acc, fidelity = evaluate(self.model, d.test_images, d.test_labels, d.num_classes, self.augment,
-                                     cfg.data.eval_batch_size, self.precision, self.ctx, self.teacher_eval)
-            if not math.isfinite(acc.nll()):
-                raise TrainingDiverged(f"the {s} NLL is {acc.nll()} after epoch {epoch + 1}: the model's predictions "
-                                       "are no longer finite, though the training loss is")
+            result = evaluate_networks({net.role: net.model for net in self.nets}, d.test_images, d.test_labels,
+                                       d.num_classes, self.augment, cfg.data.eval_batch_size, self.precision,
+                                       self.ctx, self.teacher_eval)
+            for role, acc in result.networks.items():
+                if not math.isfinite(acc.nll()):
+                    raise TrainingDiverged(f"the {s} NLL of the {role} is {acc.nll()} after epoch {epoch + 1}: its "
+                                           "predictions are no longer finite, though the training loss is")
+            acc = result.networks[STUDENT]
             row.update({f"{s}_top1": acc.top1(), f"{s}_nll": acc.nll(), f"{s}_ece": acc.ece()})
+            row.update(self._network_figures(result))
+            fidelity = result.teachers
             if fidelity is not None and self.teacher_eval is not None:
                 row.update({f"{s}_agreement": fidelity.agreement(), f"{s}_teacher_kl": fidelity.predictive_kl(),
                             **{f"teacher_{s}_{k}": v for k, v in self.teacher_eval.diagnostics.items()}})
-            self.last_eval = {"images": acc.count, "reliability": acc.reliability()}
+            self.last_eval = {"images": acc.count, "reliability": acc.reliability(),
+                              "networks": {role: a.reliability() for role, a in result.networks.items()
+                                           if role != STUDENT}}
+            if result.ensemble is not None:
+                self.last_eval["ensemble"] = result.ensemble.reliability()
         return row
+
+    def _network_columns(self) -> list[str]:
+        """The log columns of the trainable networks besides the student: each one's top-1, NLL and ECE, the
+        agreement and predictive KL of every pair, and the ensemble's figures (none for a single network)."""
+        s, roles = self.split, [net.role for net in self.nets]
+        if len(roles) == 1:
+            return []
+        columns = [f"{role}_{s}_{k}" for role in roles[1:] for k in ("top1", "nll", "ece")]
+        columns += [f"{s}_{k}_{b}_{a}" for i, a in enumerate(roles) for b in roles[i + 1:] for k in ("agreement", "kl")]
+        return columns + [f"ensemble_{s}_{k}" for k in ("top1", "nll", "ece")]
+
+    def _network_figures(self, result: NetworkEvaluation) -> dict[str, float]:
+        s, figures = self.split, {}
+        for role, acc in result.networks.items():
+            if role != STUDENT:
+                figures |= {f"{role}_{s}_top1": acc.top1(), f"{role}_{s}_nll": acc.nll(), f"{role}_{s}_ece": acc.ece()}
+        for (a, b), pair in result.pairs.items():
+            figures |= {f"{s}_agreement_{b}_{a}": pair.agreement(), f"{s}_kl_{b}_{a}": pair.predictive_kl()}
+        if result.ensemble is not None:
+            e = result.ensemble
+            figures |= {f"ensemble_{s}_top1": e.top1(), f"ensemble_{s}_nll": e.nll(), f"ensemble_{s}_ece": e.ece()}
+        return figures
 
     def _teacher_metrics(self) -> dict[str, Any]:
         """The teachers' own figures on the evaluation split and where they came from (metrics.json)."""
@@ -521,6 +608,7 @@ class Trainer:
             "version": rundir.CHECKPOINT_VERSION, "epoch": epochs_done, "config": self.config.to_dict(),
             "model": self.model.state_dict(), "extras": self.extras.state_dict(),
             "optimizer": self.optimizer.state_dict(), "method": method_states,
+            "networks": {net.role: net.state_dict() for net in self.nets[1:]},
             "history": self.history, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "wall_seconds": self.previous_wall + time.perf_counter() - wall_start, "last_eval": self.last_eval,
             "metrics": metrics, "runtime": self.runtime,
@@ -547,19 +635,37 @@ class Trainer:
             "channels_last": self.precision.channels_last,
             f"best_epoch_selected_on_{s}": best["epoch"], f"best_{s}_top1_selected_on_{s}": best[f"{s}_top1"],
             "reliability": self.last_eval.get("reliability"), "code": code_version(), **self._teacher_metrics(),
+            **self._networks_metrics(),
         }
 
+    def _networks_metrics(self) -> dict[str, Any]:
+        """The other trainable networks (metrics.json): their final figures under their role names, each
+        one's architecture, size, reliability bins and weights file, and the ensemble's figures."""
+        if len(self.nets) == 1:
+            return {}
+        final, s = self.history[-1], self.split
+        reliability = self.last_eval.get("networks", {})
+        networks = {net.role: {"model": net.arch, "parameters": count_parameters(net.model),
+                               "weights": rundir.network_files(net.role)[0],
+                               **{k: final.get(f"{net.role}_{s}_{k}") for k in ("top1", "nll", "ece")},
+                               "reliability": reliability.get(net.role)} for net in self.nets[1:]}
+        return {**{c: final.get(c) for c in self._network_columns()}, "networks": networks,
+                "ensemble_reliability": self.last_eval.get("ensemble")}
+
     def _write_final_outputs(self, metrics: dict[str, Any]) -> None:
-        """model.pt, its model card, then metrics.json: the completion marker is the last write."""
+        """Each trainable network's weights and model card (``model.pt`` for the student, ``<role>.pt`` for
+        the others, so each can be a ``--teacher``), then metrics.json: the completion marker is the last write."""
         if self.run is None:
             return
-        self.run.write_torch(rundir.MODEL, self.model.state_dict())
         d, cfg = self.data, self.config
-        model_path = self.run.path / rundir.MODEL
-        card = ModelCard(model=cfg.model.name, num_classes=d.num_classes, in_channels=d.in_channels,
-                         image_size=self.image_size, pad_to=cfg.data.pad_to, mean=list(d.mean), std=list(d.std),
-                         dataset=cfg.data.dataset, method=self.method.name, weights_sha256=weights_sha256(model_path))
-        self.run.write(rundir.MODEL_CARD, lambda _: write_model_card(model_path, card))
+        for net in self.nets:
+            weights, card_name = rundir.network_files(net.role)
+            self.run.write_torch(weights, net.model.state_dict())
+            path = self.run.path / weights
+            card = ModelCard(model=net.arch, num_classes=d.num_classes, in_channels=d.in_channels,
+                             image_size=self.image_size, pad_to=cfg.data.pad_to, mean=list(d.mean), std=list(d.std),
+                             dataset=cfg.data.dataset, method=self.method.name, weights_sha256=weights_sha256(path))
+            self.run.write(card_name, lambda _, path=path, card=card: write_model_card(path, card))
         (self.run.path / rundir.DIVERGED).unlink(missing_ok=True)  # a resumed run that had diverged is now done
         self.run.write_json(rundir.METRICS, metrics)
 
@@ -576,7 +682,7 @@ class Trainer:
         if self.run is None:
             return metrics
         note = self._sync_config_file()
-        missing = self.run.missing_final_outputs()
+        missing = self.run.missing_final_outputs([net.role for net in self.nets[1:]])
         if not missing and saved.is_file() and _read_json(saved) != metrics:
             missing = [rundir.METRICS]  # the metrics of an earlier end, e.g. of a run whose extension was undone
         if not missing:
