@@ -21,6 +21,7 @@ from .cs_kd import CSKD
 from .dist import DIST
 from .dkd import DKD
 from .dlb import DLB, DLBOptions
+from .dml import DML
 from .drg import DRG
 from .dsr import DSR
 from .kd import KD
@@ -30,6 +31,7 @@ from .nkd import NKD
 from .ps_kd import PSKD
 from .sp import SP
 from .stack import MethodStack
+from .switokd import SwitOKD
 from .tf_kd_reg import TfKDReg
 from .tf_kd_self import TfKDSelf
 from .tf_nkd import TfNKD
@@ -37,7 +39,7 @@ from .zipf_ls import ZipfLS
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT,
-    KD, DKD, DIST, NKD, SP, CRD, MIXKD, CAMKD)}
+    KD, DKD, DIST, NKD, SP, CRD, MIXKD, CAMKD, DML, SwitOKD)}
 # names that stand for a combination
 ALIASES = {"lightskd": ("drg+dsr", "LightSKD (2023): DRG + DSR together, the paper's full method")}
 
