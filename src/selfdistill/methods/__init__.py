@@ -13,6 +13,7 @@ from ..config import build_dataclass
 from ..errors import UserError, did_you_mean
 from .bake import BAKE
 from .base import Batch, Method, Outputs, SetupContext
+from .bd_kd import BDKD
 from .byot import BYOT
 from .ca_mkd import CAMKD
 from .ce import CrossEntropy
@@ -39,7 +40,7 @@ from .zipf_ls import ZipfLS
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT,
-    KD, DKD, DIST, NKD, SP, CRD, MIXKD, CAMKD, DML, SwitOKD)}
+    KD, DKD, DIST, NKD, SP, CRD, MIXKD, CAMKD, DML, SwitOKD, BDKD)}
 # names that stand for a combination
 ALIASES = {"lightskd": ("drg+dsr", "LightSKD (2023): DRG + DSR together, the paper's full method")}
 
