@@ -27,7 +27,7 @@ def test_methods_lists_one_line_each(capsys):
     names = [line.split()[0] for line in lines]
     assert code == 0 and names == ["ce", "dlb", "drg", "dsr", "tf_nkd", "zipf_ls", "bake", "ls", "cs_kd", "ps_kd",
                                    "tf_kd_self", "tf_kd_reg", "byot", "kd", "dkd", "dist", "nkd", "sp", "crd",
-                                   "mix_kd", "ca_mkd", "lightskd"]
+                                   "mix_kd", "ca_mkd", "dml", "switokd", "sokd", "bd_kd", "lightskd"]
     assert all(len(line.split()) > 3 for line in lines)
 
 

@@ -30,6 +30,7 @@ from .label_smoothing import LabelSmoothing
 from .mix_kd import MIXKD
 from .nkd import NKD
 from .ps_kd import PSKD
+from .sokd import SOKD
 from .sp import SP
 from .stack import MethodStack
 from .switokd import SwitOKD
@@ -40,7 +41,7 @@ from .zipf_ls import ZipfLS
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
     CrossEntropy, DLB, DRG, DSR, TfNKD, ZipfLS, BAKE, LabelSmoothing, CSKD, PSKD, TfKDSelf, TfKDReg, BYOT,
-    KD, DKD, DIST, NKD, SP, CRD, MIXKD, CAMKD, DML, SwitOKD, BDKD)}
+    KD, DKD, DIST, NKD, SP, CRD, MIXKD, CAMKD, DML, SwitOKD, SOKD, BDKD)}
 # names that stand for a combination
 ALIASES = {"lightskd": ("drg+dsr", "LightSKD (2023): DRG + DSR together, the paper's full method")}
 
