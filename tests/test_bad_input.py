@@ -164,6 +164,28 @@ CASES = [
     ("tf_kd_self without teacher", lambda t, c: [*RUN, "--method", "tf_kd_self"], "needs a teacher, got 0"),
     ("unknown method", lambda t, c: [*RUN, "--method", "dbl"], "did you mean 'dlb'"),
     ("unknown key", lambda t, c: [*RUN, "--set", "optim.lrr=0.1"], "did you mean 'lr'"),
+    # online distillation: roles, cohorts, the networks' architectures
+    ("role name that is no role", lambda t, c: [*RUN, "--method", "dml", "--set", "roles.Peer1.optim.lr=0.1"],
+     "roles='Peer1' is not allowed"),
+    ("option for a role the method lacks", lambda t, c: [*RUN, "--method", "dml", "--set", "roles.teacher.optim.lr=1"],
+     "roles.teacher: method dml has no network of that role; its roles: student, peer1"),
+    ("role option for a single-network method", lambda t, c: [*RUN, "--set", "roles.peer1.optim.lr=0.1"],
+     "roles.peer1: method ce has no network of that role"),
+    ("unknown section of a role", lambda t, c: [*RUN, "--method", "dml", "--set", "roles.peer1.lr=0.1"],
+     "unknown config key 'roles.peer1.lr'"),
+    ("bad value for a role", lambda t, c: [*RUN, "--method", "dml", "--set", "roles.peer1.optim.lr=-1"],
+     "roles.peer1.optim.lr=-1.0 is not allowed"),
+    ("cohort of one", lambda t, c: [*RUN, "--method", "dml", "--set", "method.peers=[]"], "at least 2 networks"),
+    ("unknown peer architecture", lambda t, c: [*RUN, "--method", "dml", "--set", "method.peers=[resnet21]"],
+     "method.peers"),
+    ("peer that cannot take the images", lambda t, c: [*RUN, "--method", "dml", "--set", "method.peers=[cnn]",
+                                                       "--set", "data.synthetic.size=2"],
+     "the peer1 network (cnn) cannot take 1x2x2 images"),
+    ("online teacher without architecture", lambda t, c: [*RUN, "--method", "switokd"], "method.teacher_model"),
+    ("online method with a single-network member", lambda t, c: [*RUN, "--method", "dml+byot"],
+     "byot cannot run on each network of dml"),
+    ("two online methods", lambda t, c: [*RUN, "--method", "dml+bd_kd", "--set", "method.bd_kd.teacher_model=mlp"],
+     "combine at most one online method"),
 ]
 
 

@@ -14,7 +14,7 @@ from selfdistill.engine import Trainer, train
 from selfdistill.engine import trainer as trainer_module
 from selfdistill.errors import UserError
 from selfdistill.methods import Method, MethodStack
-from selfdistill.methods.base import NetworkSpec
+from selfdistill.methods.base import NetworkSpec, term_owner
 from selfdistill.methods.dlb import DLB
 
 
@@ -208,3 +208,52 @@ def test_a_resumed_two_network_run_ends_bit_identical(tmp_path, monkeypatch):
         assert all(torch.equal(full[k], resumed[k]) for k in full), name
     a, b = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("full", "cut"))
     assert a["peer1_test_nll"] == b["peer1_test_nll"] and a["ensemble_test_nll"] == b["ensemble_test_nll"]
+
+
+@pytest.fixture(scope="module")
+def frozen_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    train(small_config(model={"name": "cnn"}, train={"epochs": 1}), out)
+    return str(out)
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "dml", "peers": ["mlp", "cnn"]},
+    {"name": "dml+dlb", "dml": {"peers": ["cnn"]}},
+    {"name": "switokd", "teacher_model": "cnn"},
+    {"name": "bd_kd", "teacher_model": "cnn"},
+    {"name": "sokd"},
+])
+def test_each_networks_terms_of_every_online_method_reach_only_that_network(method, frozen_teacher):
+    """The property the one backward over the summed terms rests on: every target taken from another network is
+    detached, so the terms a network owns give gradient to that network's parameters and to no other's."""
+    teachers = [frozen_teacher] if method["name"] == "sokd" else []
+    trainer = Trainer(small_config(method=method, teachers=teachers))
+    idx = torch.arange(16)
+    gen = torch.Generator().manual_seed(0)
+    roles = [net.role for net in trainer.nets]
+    for step in range(2):  # the second step has DLB's replayed rows
+        batch = trainer.method.extend(trainer_module.Batch.new(trainer.data.train_images[idx],
+                                                               trainer.data.train_labels[idx], idx))
+        batch.inputs = trainer._inputs(batch, gen)
+        frozen = {t.role: t(batch.inputs) for t in trainer.teachers}
+        if step == 0:
+            out, _, _ = trainer._round(batch, frozen, 0)
+            trainer.method.update(out, batch)
+    for owner in roles:
+        outs = [net(batch.inputs, batch.forward_splits()) for net in trainer.nets]
+        out = trainer_module.Outputs(outs[0].logits, outs[0].features,
+                                     {**frozen, **{r: o for r, o in zip(roles[1:], outs[1:])}})
+        terms = trainer.method.losses(out, batch)
+        mine = [v for k, v in terms.items() if term_owner(k, roles[1:]) == owner]
+        assert mine and all(v.requires_grad for v in mine), owner
+        for net in trainer.nets:
+            net.optimizer.zero_grad(set_to_none=True)
+        torch.stack(mine).sum().backward()
+        for net in trainer.nets:
+            grads = [p.grad for p in net.model.parameters() if p.requires_grad]
+            if net.role == owner:
+                assert any(g is not None and g.abs().sum() > 0 for g in grads), owner
+            else:
+                assert all(g is None for g in grads), f"the {owner}'s terms reached the {net.role}"
+        assert all(p.grad is None for t in trainer.teachers for p in t.module.parameters())

@@ -128,3 +128,15 @@ def test_ctrl_c_under_nproc_ends_with_one_line(tmp_path):
     lines = err.strip().splitlines()
     assert launcher.returncode == 130 and len(lines) == 1, err
     assert lines[0].startswith("selfdistill: interrupted; the checkpoint of epoch") and "--resume" in lines[0]
+
+
+def test_nproc_trains_every_network_of_an_online_method_with_paused_rounds(tmp_path):
+    """DML's sequential variant pauses all networks but one in each round: DDP still gets a (zero) gradient
+    from every network it forwarded, so no process waits for a reduction that never comes."""
+    result = run_cli("train", "--nproc", "2", *SYNTH, "--epochs", "2", "--method", "dml+dlb", "--set",
+                     "method.dml.sequential=true", "--set", "method.dml.peers=[cnn]", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["networks"]["peer1"]["model"] == "cnn"
+    assert metrics["peer1_test_top1"] is not None and (tmp_path / "run" / "peer1.pt").is_file()
+    assert "peer1_dlb_kl" in (tmp_path / "run" / "log.csv").read_text().splitlines()[0]

@@ -63,13 +63,20 @@ class Progress:
             self._bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
             self._bar.update(steps_done - self._bar.n)
 
-    def end_epoch(self, row: dict[str, Any], terms: tuple[str, ...], epochs: int) -> None:
+    def end_epoch(self, row: dict[str, Any], terms: tuple[str, ...], epochs: int, stats: tuple[str, ...] = (),
+                  roles: tuple[str, ...] = ()) -> None:
+        """One line for the epoch: the loss terms, the method's step statistics, the student's figures and,
+        in an online run, the other networks' and the ensemble's top-1 (``roles``: the other networks)."""
         self.close()
         s = self.split
         parts = [f"epoch {row['epoch']}/{epochs}", f"lr {row['lr']:.4g}",
                  "loss " + " ".join(f"{t} {row[t]:.4f}" for t in terms), f"train {row['train_top1']:.2f}%"]
+        if stats:
+            parts.insert(3, " ".join(f"{name} {row[name]:.3f}" for name in stats))
         if row.get(f"{s}_top1") is not None:
             parts.append(f"{s} {row[f'{s}_top1']:.2f}% nll {row[f'{s}_nll']:.4f} ece {row[f'{s}_ece']:.2f}%")
+            if roles:
+                parts.append(" ".join(f"{role} {row[f'{role}_{s}_top1']:.2f}%" for role in (*roles, "ensemble")))
         parts.append(f"{row['images_per_s']:,.0f} img/s {row['seconds']:.1f}s")
         self.say(" | ".join(parts))
         self._last_status = time.monotonic()

@@ -40,13 +40,19 @@ class TensorBoardLog:
         except OSError as exc:
             raise OutputError(f"could not write TensorBoard files in {folder}: {exc.strerror or exc}") from None
 
-    def log_epoch(self, row: dict[str, Any], terms: tuple[str, ...], split: str) -> None:
+    def log_epoch(self, row: dict[str, Any], terms: tuple[str, ...], split: str, stats: tuple[str, ...] = (),
+                  roles: tuple[str, ...] = ()) -> None:
+        """The epoch's scalars: loss terms, step statistics, and each network's figures (``roles``: the
+        trainable networks besides the student; the ensemble's too when there are any)."""
         epoch = row["epoch"]
-        scalars = {"lr": row["lr"], **{f"loss/{t}": row[t] for t in terms}, "train/top1": row["train_top1"],
-                   "speed/images_per_s": row["images_per_s"]}
+        scalars = {"lr": row["lr"], **{f"loss/{t}": row[t] for t in terms}, **{f"stats/{n}": row[n] for n in stats},
+                   "train/top1": row["train_top1"], "speed/images_per_s": row["images_per_s"]}
         for metric in ("top1", "nll", "ece"):
             if row.get(f"{split}_{metric}") is not None:
                 scalars[f"{split}/{metric}"] = row[f"{split}_{metric}"]
+            for role in (*roles, "ensemble") if roles else ():
+                if row.get(f"{role}_{split}_{metric}") is not None:
+                    scalars[f"{role}/{split}/{metric}"] = row[f"{role}_{split}_{metric}"]
         try:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, epoch)

@@ -428,9 +428,11 @@ class Trainer:
                 if epoch + 1 == cfg.train.epochs:
                     metrics = self._metrics(wall_start)
                 self._save(epoch + 1, wall_start, metrics or None)
-                self.progress.end_epoch(self.history[-1], self.method.term_names, cfg.train.epochs)
+                roles = tuple(net.role for net in self.nets[1:])
+                self.progress.end_epoch(self.history[-1], self.method.term_names, cfg.train.epochs,
+                                        self.method.stat_names, roles)
                 if board is not None:
-                    board.log_epoch(self.history[-1], self.method.term_names, self.split)
+                    board.log_epoch(self.history[-1], self.method.term_names, self.split, self.method.stat_names, roles)
         finally:
             self.progress.close()
             if board is not None:
