@@ -379,7 +379,8 @@ class Trainer:
         with self.precision.autocast():
             outs = [net(batch.inputs, splits) for net in self.nets]
             out = Outputs(outs[0].logits, outs[0].features,
-                          {**teachers, **{net.role: o for net, o in zip(self.nets[1:], outs[1:])}})
+                          {**teachers, **{net.role: o for net, o in zip(self.nets[1:], outs[1:])}},
+                          tuple(net.role for net in self.nets[1:]))
             terms = self.method.losses(out, batch)
         terms = self.method.detach_paused(terms, round)
         paused = self.method.paused(round)

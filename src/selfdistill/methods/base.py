@@ -191,11 +191,13 @@ class Outputs:
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     others: dict[str, Outputs] = field(default_factory=dict)
+    trainable: tuple[str, ...] = ()  # the roles in ``others`` that are trainable networks (online methods)
 
     @property
     def teachers(self) -> list[Outputs]:
-        """The frozen teachers' outputs, in the order the teachers were given."""
-        return [out for role, out in self.others.items() if role.startswith("teacher")]
+        """The frozen teachers' outputs, in the order the teachers were given (an online method's trainable
+        ``teacher`` is not one of them)."""
+        return [out for role, out in self.others.items() if role.startswith("teacher") and role not in self.trainable]
 
 
 @dataclass
