@@ -128,15 +128,22 @@ def build_parser() -> Parser:
     demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
 
     ev = sub.add_parser("eval", help="top-1, top-5, NLL, ECE, per-class accuracy and a reliability diagram of a "
-                                     "trained model")
-    ev.add_argument("target", help="a run directory or a model.pt (with its model.json beside it)")
+                                     "trained model",
+                        description="Evaluate a run's student (model.pt), another network of an online run (--role), "
+                                    "or a weights file. The output names the run's other networks, if any.")
+    ev.add_argument("target", help="a run directory or a model.pt (with its model.json beside it); also an online "
+                                   "run's ROLE.pt, e.g. peer1.pt")
+    ev.add_argument("--role", help="with a run directory: which of its trainable networks to evaluate, e.g. peer1, "
+                                   "teacher, branch (its ROLE.pt and ROLE.json); results go to "
+                                   "eval-ROLE-<dataset>-<split>/ (default: student, model.pt)")
     ev.add_argument("--dataset", help="dataset to evaluate on (default: the one the model was trained on)")
     ev.add_argument("--data-dir", help="data root (default: $SELFDISTILL_DATA, then ~/.cache/selfdistill)")
     ev.add_argument("--split", choices=("test", "train"), default="test", help="(default: test)")
     ev.add_argument("--model", help="architecture, for a model.pt without model.json (default: from model.json)")
     ev.add_argument("--teacher", action="append", metavar="RUN|PATH:ARCH",
-                    help="also measure agreement and predictive KL with this teacher (as train's --teacher; repeat "
-                         "for an ensemble) and its own top-1, NLL, ECE and entropies (default: none)")
+                    help="also measure agreement and predictive KL with this teacher (as train's --teacher: a run "
+                         "directory, an online run's ROLE.pt, or PATH:ARCH; repeat for an ensemble) and its own "
+                         "top-1, NLL, ECE and entropies (default: none)")
     ev.add_argument("--batch-size", type=int, default=256, help="(default: 256)")
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     ev.add_argument("--out", help="folder for eval.json, per_class.csv, reliability.png "
@@ -231,7 +238,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     result = evaluate_saved_model(args.target, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
                                   model=args.model, batch_size=args.batch_size, device=args.device, out=args.out,
-                                  teachers=args.teacher)
+                                  teachers=args.teacher, role=args.role)
     print(format_eval(result))
 
 

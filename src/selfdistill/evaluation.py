@@ -14,6 +14,13 @@ Evaluation covers the whole split once, unshuffled, in eval mode and fp32, under
 to ``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``out`` (default
 ``<run dir>/eval-<dataset>-<split>/``).
 
+A run of online distillation trained several networks: the student (``model.pt``) and one more per
+role (``peer1``, ``teacher``, ``branch``, ...; ``<role>.pt`` with its card ``<role>.json``, listed under
+``networks`` in ``metrics.json``). ``role=`` picks the one a run directory's evaluation is of (the
+student by default); another role's results go to ``eval-<role>-<dataset>-<split>/``. The results name
+the evaluated network's ``role`` and all of the run's roles (``run_roles``) whenever the weights are a
+finished run's, however they were given (the run directory, or ``runs/x/peer1.pt`` itself).
+
 With ``teachers`` (entries as ``train --teacher`` takes them, loaded by :mod:`selfdistill.teachers`),
 every teacher sees the same normalised images as the model (re-normalised when its card records other
 statistics) and the results add the model's fidelity to them (top-1 agreement and predictive
@@ -25,6 +32,7 @@ with these teachers writes as ``<split>_agreement``, ``<split>_teacher_kl`` and 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -37,9 +45,11 @@ from .config import DataConfig, SyntheticConfig, read_yaml_file, resolve
 from .data import DATASETS, Augment, ImageDataset, eval_batches, load_dataset
 from .engine.evaluate import TeacherPredictions, teacher_predictions
 from .engine.networks import FrozenNetwork
+from .engine.rundir import METRICS, network_files
 from .engine.runtime import Precision
 from .errors import UserError, one_line
 from .fileio import atomic_write_json, atomic_write_text
+from .methods.base import ROLE_PATTERN, STUDENT
 from .metrics import EvalAccumulator, FidelityAccumulator
 from .modelcard import ModelCard, card_path, read_model_card, weights_sha256
 from .models import build_model, model_names
@@ -51,23 +61,67 @@ WEIGHT_SUFFIXES = (".pt", ".pth")
 FILES = ("eval.json", "per_class.csv", "reliability.png")
 
 
-def locate_weights(target: str | Path) -> Path:
-    """``model.pt`` of a finished run directory (one with ``metrics.json``, its completion marker), or the
-    weights file given."""
+def locate_weights(target: str | Path, role: str | None = None) -> Path:
+    """The weights of ``role`` (default: the student, ``model.pt``) in a finished run directory (one with
+    ``metrics.json``, its completion marker), or the weights file given (then ``role`` must be None)."""
     path = Path(target)
     if not path.exists():
         raise UserError(f"{target}: no such file or directory (expected a run directory or a .pt file)")
     if path.is_dir():
         weights = path / "model.pt"
-        if weights.is_file() and (path / "metrics.json").is_file():
-            return weights
+        if weights.is_file() and (path / METRICS).is_file():
+            return weights if role is None else _role_weights(path, role)
         if weights.is_file() or (path / "checkpoint.pt").exists() or (path / "config.yaml").exists():
             raise UserError(f"{path} holds no finished model: the run has not finished (continue it with "
                             f"`selfdistill train --out {path} --resume`)")
         raise UserError(f"{path} is not a run directory (no model.pt inside)")
     if path.suffix not in WEIGHT_SUFFIXES:
         raise UserError(f"{target}: expected a run directory or a .pt file of weights")
+    if role is not None:
+        raise UserError(f"--role picks a network of a run directory, and {target} is a weights file: give the run "
+                        "directory instead, or evaluate the file without --role")
     return path
+
+
+def run_roles(run: Path) -> list[str]:
+    """The trainable networks of a finished run by role: the student, then the other networks of an online
+    run in the order its ``metrics.json`` lists them (``networks``)."""
+    where = run / METRICS
+    try:
+        metrics = json.loads(where.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{where} cannot be read, so the run's networks are not known ({one_line(exc)})") from None
+    networks = metrics.get("networks") if isinstance(metrics, dict) else None
+    if networks is not None and not (isinstance(networks, dict) and all(
+            isinstance(r, str) and ROLE_PATTERN.fullmatch(r) and r != STUDENT for r in networks)):
+        raise UserError(f"{where}: 'networks' must map roles (such as peer1) to their figures")
+    return [STUDENT, *(networks or {})]
+
+
+def _role_weights(run: Path, role: str) -> Path:
+    """``model.pt`` for the student, ``<role>.pt`` for another network the run trained."""
+    roles = run_roles(run)
+    if role not in roles:
+        raise UserError.bad_value("--role", role, f"the roles of {run}: {', '.join(roles)}", roles)
+    weights = run / network_files(role)[0]
+    if not weights.is_file():
+        raise UserError(f"{weights} is missing, though {run / METRICS} lists the {role} network; rebuild it with "
+                        f"`selfdistill train --out {run} --resume`")
+    return weights
+
+
+def _role_of(weights: Path) -> tuple[str | None, list[str] | None]:
+    """The role of ``weights`` and all roles of the run, when the file is a network of a finished run (the
+    role whose file it is, as named by the run's ``metrics.json``); else ``(None, None)``."""
+    run = weights.parent
+    if not (run / METRICS).is_file():
+        return None, None
+    try:
+        roles = run_roles(run)
+    except UserError:  # a damaged metrics.json: the weights are still evaluated, only not named
+        return None, None
+    role = next((r for r in roles if network_files(r)[0] == weights.name), None)
+    return (role, roles) if role is not None else (None, None)
 
 
 def _card_or_overrides(weights: Path, model: str | None, dataset: str | None) -> ModelCard | None:
@@ -253,14 +307,16 @@ def teacher_result(loaded: list[LoadedTeacher], predictions: TeacherPredictions,
 def evaluate_saved_model(target: str | Path, dataset: str | None = None, data_dir: str | None = None,
                          split: str = "test", model: str | None = None, batch_size: int = 256,
                          device: str = "auto", out: str | Path | None = None,
-                         teachers: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate saved weights on ``split`` of ``dataset`` (with ``teachers``, also the model's fidelity to
-    them and their own figures); write the results into ``out``; return them."""
+                         teachers: list[str] | None = None, role: str | None = None) -> dict[str, Any]:
+    """Evaluate saved weights (``role``: that network of an online run directory) on ``split`` of ``dataset``
+    (with ``teachers``, also the model's fidelity to them and their own figures); write the results into
+    ``out``; return them."""
     if split not in SPLITS:
         raise UserError.bad_value("--split", split, ", ".join(SPLITS), SPLITS)
     if batch_size < 1:
         raise UserError.bad_value("--batch-size", batch_size, "an integer >= 1")
-    weights = locate_weights(target)
+    weights = locate_weights(target, role)
+    role, roles = _role_of(weights)
     run_device = resolve_eval_device(device)
     specs = [parse_teacher(entry, "--teacher") for entry in teachers or []]
     card = _card_or_overrides(weights, model, dataset)
@@ -274,9 +330,11 @@ def evaluate_saved_model(target: str | Path, dataset: str | None = None, data_di
                    if loaded else None)
     acc, fidelity = accumulate(net, images, labels, spec, batch_size, run_device, data.name, predictions)
 
-    folder = Path(out) if out is not None else weights.parent / f"eval-{data.name}-{split}"
+    named = f"{role}-" if role not in (None, STUDENT) else ""
+    folder = Path(out) if out is not None else weights.parent / f"eval-{named}{data.name}-{split}"
     result = {
-        "target": str(weights), "model": spec.model, "dataset": data.name, "split": split, "images": acc.count,
+        "target": str(weights), "role": role, "run_roles": roles, "model": spec.model, "dataset": data.name,
+        "split": split, "images": acc.count,
         "weights_sha256": spec.weights_sha256,
         "model_card": card is not None, "method": card.method if card is not None else None,
         "num_classes": spec.num_classes, "image_size": spec.image_size, "pad_to": spec.pad_to,
@@ -318,7 +376,8 @@ def write_results(folder: Path, result: dict[str, Any]) -> None:
 
 def format_eval(result: dict[str, Any]) -> str:
     """What ``selfdistill eval`` prints: the metrics, per-class accuracy, where the files went."""
-    lines = [f"{result['target']}: {result['model']} on {result['dataset']} {result['split']}",
+    role = f" (role {result['role']})" if result.get("run_roles") and len(result["run_roles"]) > 1 else ""
+    lines = [f"{result['target']}{role}: {result['model']} on {result['dataset']} {result['split']}",
              f"  top-1   {result['top1']:6.2f} %",
              f"  top-{result['top5_k']}   {result['top5']:6.2f} %",
              f"  NLL     {result['nll']:8.4f}",
@@ -331,6 +390,9 @@ def format_eval(result: dict[str, Any]) -> str:
              for label, acc in enumerate(result["per_class_accuracy"])]
     lines += ["  " + "   ".join(pairs[i:i + 8]) for i in range(0, len(pairs), 8)]
     lines.append(f"wrote {', '.join(FILES)} to {result['out']}")
+    if role:
+        others = ", ".join(r for r in result["run_roles"] if r != result["role"])
+        lines.append(f"the run's other networks: {others} (`selfdistill eval RUN_DIR --role ROLE` evaluates one)")
     return "\n".join(lines)
 
 

@@ -20,6 +20,13 @@ them (``<split>_agreement``, ``<split>_teacher_kl``) and the teachers' own figur
 agreement, predictive KL(teacher || student), and the teacher's (ensemble's) top-1 and non-target
 entropy, each seed's student measured against its own teacher. Groups without teachers show ``—``
 there, and a report without any teacher has no such columns.
+
+Runs of online distillation trained other networks besides the student (``networks`` in
+``metrics.json``, by role: ``peer1``, ``teacher``, ``branch``, ...) and record each one's figures
+(``<role>_<split>_top1``) and those of the ensemble of all of them (``ensemble_<split>_top1``, the mean
+of their probabilities). When a report holds such runs, the table adds, after the fidelity columns,
+mean ± std over seeds of each role's top-1 (one column per role found in any run) and of the
+ensemble's; groups without that network show ``—``. The other columns stay the student's.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ FIDELITY_COLUMNS = (("agreement", "agree %", 2), ("teacher_kl", "KL(T‖S)", 4),
 FIDELITY_KEYS = {"agreement": "{split}_agreement", "teacher_kl": "{split}_teacher_kl",
                  "teacher_top1": "teacher_{split}_top1",
                  "teacher_nontarget_entropy": "teacher_{split}_nontarget_entropy"}
+# the metric "net.<role>" is the top-1 of an online run's <role> network (<role>_<split>_top1), "net.ensemble"
+# that of the ensemble of all its trainable networks (ensemble_<split>_top1)
+NETWORK_PREFIX, ENSEMBLE = "net.", "ensemble"
 IDENTITY_KEYS = ("data.dataset", "model.name", "method.name")  # always shown, as dataset, model, method
 SHORT_NAMES = {"optim.lr": "lr", "data.batch_size": "batch size", "train.epochs": "epochs",
                "data.label_noise": "label noise", "data.train_subset": "train subset",
@@ -64,9 +74,12 @@ def eval_split(run: dict[str, Any]) -> str:
 
 def metric_key(split: str, name: str) -> str:
     """The ``metrics.json`` key of a metric: ``<split>_top1`` and the like, the fidelity metrics by
-    :data:`FIDELITY_KEYS`, others by their own name."""
+    :data:`FIDELITY_KEYS`, another network's top-1 (``net.<role>``) as ``<role>_<split>_top1``, others by
+    their own name."""
     if name in SPLIT_METRICS:
         return f"{split}_{name}"
+    if name.startswith(NETWORK_PREFIX):
+        return f"{name[len(NETWORK_PREFIX):]}_{split}_top1"
     return FIDELITY_KEYS[name].format(split=split) if name in FIDELITY_KEYS else name
 
 
@@ -79,6 +92,11 @@ def eval_metric(run: dict[str, Any], name: str) -> float:
 def has_teachers(run: dict[str, Any]) -> bool:
     """Whether the run was trained with frozen teachers (and so records its fidelity to them)."""
     return bool(run.get("teachers"))
+
+
+def network_roles(run: dict[str, Any]) -> list[str]:
+    """The roles of the trainable networks an online run trained besides the student (none for other runs)."""
+    return list(run.get("networks") or {})
 
 
 def _finite(value: Any) -> bool:
@@ -112,11 +130,18 @@ def _read_metrics(run: Path) -> dict[str, Any]:
     teachers = metrics.get("teachers") or []
     if not (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)):
         raise UserError(f"{where}: 'teachers' must be a list of {{path, model, weights, sha256}} objects")
-    for name, _, _ in METRIC_COLUMNS + (FIDELITY_COLUMNS if teachers else ()):
+    networks = metrics.get("networks") or {}
+    if not (isinstance(networks, dict) and all(isinstance(r, str) and r.isidentifier() and r != ENSEMBLE
+                                               for r in networks)):
+        raise UserError(f"{where}: 'networks' must map the roles of an online run's networks (such as peer1) to "
+                        "their figures")
+    online = [NETWORK_PREFIX + role for role in (*networks, ENSEMBLE)] if networks else []
+    for name in [c[0] for c in METRIC_COLUMNS + (FIDELITY_COLUMNS if teachers else ())] + online:
         key = metric_key(split, name)
         if key not in metrics:
-            why = "a run with teachers records it" if name in FIDELITY_KEYS else "not a metrics file of a " \
-                "finished selfdistill run"
+            why = "a run with teachers records it" if name in FIDELITY_KEYS else \
+                "an online run records it for each of its networks" if name in online else \
+                "not a metrics file of a finished selfdistill run"
             raise UserError(f"{where} lacks '{key}' ({why})")
         if not _finite(metrics[key]):
             raise UserError(f"{where}: '{key}' is {metrics[key]!r}, not a finite number")
@@ -378,6 +403,9 @@ def summary_row(group: Group) -> dict[str, Any]:
     with_teachers = all(map(has_teachers, group.runs))
     for metric, _, _ in FIDELITY_COLUMNS:
         row[metric] = mean_std(group.per_seed(metric)) if with_teachers else None
+    roles = [r for r in network_roles(group.runs[0]) if all(r in network_roles(run) for run in group.runs)]
+    for role in [*roles, ENSEMBLE] if roles else []:
+        row[NETWORK_PREFIX + role] = mean_std(group.per_seed(NETWORK_PREFIX + role))
     return row
 
 
@@ -387,9 +415,13 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
-    """The metric columns: top-1, NLL, ECE, the fidelity columns when a row has teachers, then speed."""
+    """The metric columns: top-1, NLL, ECE, the fidelity columns when a row has teachers, the other networks'
+    top-1 (each role in the order the rows first have it, then the ensemble) when a row has them, then speed."""
     fidelity = [c for c in FIDELITY_COLUMNS if any(row.get(c[0]) is not None for row in rows)]
-    return [*METRIC_COLUMNS[:len(SPLIT_METRICS)], *fidelity, *METRIC_COLUMNS[len(SPLIT_METRICS):]]
+    ensemble = NETWORK_PREFIX + ENSEMBLE
+    roles = dict.fromkeys(k for row in rows for k in row if k.startswith(NETWORK_PREFIX) and k != ensemble)
+    networks = [(k, f"{k[len(NETWORK_PREFIX):]} top-1 %", 2) for k in [*roles, ensemble] if roles]
+    return [*METRIC_COLUMNS[:len(SPLIT_METRICS)], *fidelity, *networks, *METRIC_COLUMNS[len(SPLIT_METRICS):]]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -403,7 +435,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         cells = [str(row[k]) for k in ("dataset", "model", "method", "split")]
         cells += [show(row["fields"][k]) for k in fields] + [str(row["seeds"])]
         for metric, _, digits in columns:
-            if row[metric] is None:  # a fidelity column of a group without teachers
+            if row.get(metric) is None:  # a group without teachers, or without that network
                 cells.append("—")
                 continue
             mean, std = row[metric]
@@ -421,6 +453,17 @@ def fidelity_notes(rows: list[dict[str, Any]]) -> list[str]:
             "in nats; `T top-1 %`, `T non-target H`: the teacher's own top-1 and the entropy (nats) of its "
             "distribution over the non-target classes; several teachers: their ensemble (mean of probabilities); "
             "each seed against its own teacher" + ("" if all(with_teachers) else "; `—`: trained without a teacher")]
+
+
+def network_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the other networks' columns mean, when the table has them."""
+    keys = [k for k, _, _ in table_columns(rows) if k.startswith(NETWORK_PREFIX)]
+    if not keys:
+        return []
+    blank = any(row.get(k) is None for row in rows for k in keys)
+    return ["`<role> top-1 %`: the top-1 of a network trained with the student in an online run (a peer, an "
+            "online teacher or a branch; the other columns are the student's); `ensemble top-1 %`: the mean of "
+            "the probabilities of all of a run's trainable networks" + ("; `—`: no such network" if blank else "")]
 
 
 def duplicate_notes(groups: list[Group]) -> list[str]:
@@ -502,7 +545,8 @@ def build_report(paths: list[str], out: Path | None, plots: bool = True) -> str:
     rows = [summary_row(g) for g in groups]
     table = markdown_table(rows)
     notes = ["final epoch; mean ± std over distinct seeds (std with 2 or more); `split`: test set, or `val`, "
-             "a validation split held out of the training set", *fidelity_notes(rows), *duplicate_notes(groups)]
+             "a validation split held out of the training set", *fidelity_notes(rows), *network_notes(rows),
+             *duplicate_notes(groups)]
     if out is None:
         return _document(table, notes)
     out = Path(out)

@@ -2,8 +2,11 @@
 
 A teacher is given (``--teacher``, repeatable, or ``teachers:`` in YAML) as one of
 
-* a finished selfdistill run directory: its ``model.pt``, with the architecture, classes, channels and
-  input normalisation from its model card (``model.json``);
+* a finished selfdistill run directory: its ``model.pt`` (the student, also of an online run), with the
+  architecture, classes, channels and input normalisation from its model card (``model.json``);
+* another network of a finished online run, by its weights file: ``runs/x/peer1.pt`` (or ``teacher.pt``,
+  ``branch.pt``, ...), whose card ``peer1.json`` beside it says all the above, so no architecture is
+  given (the card beside any weights file is read the same way);
 * a weights file of ours (``model.pt``, with or without its card beside it; ``checkpoint.pt`` of a run)
   plus its architecture when no card says it: ``--teacher PATH:resnet56`` or ``{path: ..., model: ...}``;
 * a published CIFAR-100 teacher of the KD literature, the RepDistiller/mdistiller ``cifar_teachers`` files
