@@ -89,9 +89,9 @@ def build_parser() -> Parser:
     train.add_argument("--dataset", help=f"`selfdistill datasets` (default: {_default('data.dataset')})")
     train.add_argument("--model", help=f"`selfdistill models` (default: {_default('model.name')})")
     train.add_argument("--teacher", action="append", metavar="RUN|PATH:ARCH",
-                       help="a frozen teacher: a finished run directory, or a weights file with its architecture "
-                            "(model.pt, checkpoint.pt, or a RepDistiller/mdistiller ckpt_epoch_240.pth); repeat "
-                            "for several (default: none)")
+                       help="a frozen teacher: a finished run directory, an online run's ROLE.pt (e.g. "
+                            "runs/x/peer1.pt), or a weights file with its architecture (model.pt, checkpoint.pt, or a "
+                            "RepDistiller/mdistiller ckpt_epoch_240.pth); repeat for several (default: none)")
     train.add_argument("--epochs", type=int, help=f"(default: {_default('train.epochs')})")
     train.add_argument("--seed", type=int, help=f"seeds data order, augmentation, init, subset, noise "
                                                 f"(default: {_default('train.seed')})")

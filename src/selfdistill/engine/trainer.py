@@ -212,7 +212,7 @@ class Trainer:
         cfg, d = self.config, self.data
         torch.manual_seed(derive_seed(cfg.train.seed, "init", "networks"))
         specs: list[NetworkSpec] = self.method.networks(setup)
-        taken = {STUDENT, *(t.role for t in self.teachers)}
+        taken = {STUDENT, "ensemble", *(t.role for t in self.teachers)}  # "ensemble" names the cohort's figures
         networks: dict[str, tuple[str, nn.Module]] = {}
         for spec in specs:
             if ROLE_PATTERN.fullmatch(spec.role) is None or spec.role in taken or spec.role in networks:
