@@ -344,7 +344,7 @@ class Trainer:
             with torch.no_grad():
                 if stat_names:
                     stats = self.method.stats()
-                    stat_sums += torch.stack([stats[n].detach().float() for n in stat_names])
+                    stat_sums += torch.stack([stats[n].detach().float().to(dev) for n in stat_names])
                 new = batch.parts["new"]
                 correct += (out.logits[new].argmax(1) == batch.labels[new]).sum()
                 finite &= torch.isfinite(loss.detach())
