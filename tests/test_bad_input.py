@@ -162,7 +162,7 @@ CASES = [
     ("dist timeout beyond a week", lambda t, c: [*RUN, "--set", "train.dist_timeout=1e15"], "train.dist_timeout"),
     ("more processes than CPUs", lambda t, c: [*RUN, "--nproc", "100000"], "--nproc"),
     ("tf_kd_self without teacher", lambda t, c: [*RUN, "--method", "tf_kd_self"], "needs a teacher, got 0"),
-    ("unknown method", lambda t, c: [*RUN, "--method", "dbl"], "did you mean 'dlb'"),
+    ("unknown method", lambda t, c: [*RUN, "--method", "dlbb"], "did you mean 'dlb'"),
     ("unknown key", lambda t, c: [*RUN, "--set", "optim.lrr=0.1"], "did you mean 'lr'"),
     # online distillation: roles, cohorts, the networks' architectures
     ("role name that is no role", lambda t, c: [*RUN, "--method", "dml", "--set", "roles.Peer1.optim.lr=0.1"],

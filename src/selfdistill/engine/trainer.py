@@ -527,7 +527,8 @@ class Trainer:
                                        self.ctx, self.teacher_eval)
             for role, acc in result.networks.items():
                 if not math.isfinite(acc.nll()):
-                    raise TrainingDiverged(f"the {s} NLL of the {role} is {acc.nll()} after epoch {epoch + 1}: its "
+                    whose = "" if role == STUDENT else f" of the {role} network"
+                    raise TrainingDiverged(f"the {s} NLL{whose} is {acc.nll()} after epoch {epoch + 1}: its "
                                            "predictions are no longer finite, though the training loss is")
             acc = result.networks[STUDENT]
             row.update({f"{s}_top1": acc.top1(), f"{s}_nll": acc.nll(), f"{s}_ece": acc.ece()})
