@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
 
 from selfdistill import cli
 from selfdistill.config import Config, resolve
+from selfdistill.engine import Trainer
 from selfdistill.methods import Method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +81,17 @@ def cli_main(capsys, *args: str) -> tuple[int, str, list[str]]:
     code = cli.main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err.strip().splitlines()
+
+
+@contextlib.contextmanager
+def ctrl_c_in_epoch(epoch: int) -> Iterator[None]:
+    """Inside the block, training is interrupted (KeyboardInterrupt) as epoch ``epoch`` (0-based) starts."""
+    original = Trainer.train_epoch
+
+    def interrupted(self, e):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return original(self, e)
+
+    with mock.patch.object(Trainer, "train_epoch", interrupted):
+        yield

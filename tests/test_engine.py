@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import small_config
+from conftest import ctrl_c_in_epoch, small_config
 from selfdistill.config import ScheduleConfig
 from selfdistill.engine import Trainer, train
 from selfdistill.engine.optim import LRSchedule
@@ -57,17 +57,8 @@ def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path):
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):
     config = small_config(method={"name": "dlb"}, train={"epochs": 3, "progress": False, "deterministic": True})
     train(config, tmp_path / "full")
-    original = Trainer.train_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt  # killed during the second epoch
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
-    with pytest.raises(Interrupted, match="checkpoint of epoch 1"):
+    with ctrl_c_in_epoch(1), pytest.raises(Interrupted, match="checkpoint of epoch 1"):  # killed in the second epoch
         train(config, tmp_path / "cut")
-    monkeypatch.undo()
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     train(config, tmp_path / "cut", resume=True)
     full = torch.load(tmp_path / "full" / "model.pt", weights_only=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hand import kl, softmax
 from selfdistill.data.mixing import Mix
 from selfdistill.errors import UserError
 from selfdistill.losses import dist_parts, dkd_parts, kd_kl, nkd_parts, sp_loss
@@ -22,15 +23,6 @@ from selfdistill.models import FeatureTaps, build_model
 STUDENT = [[1.0, 0.0, -1.0], [0.0, 2.0, 0.5]]
 TEACHER = [[2.0, 0.5, 0.0], [0.0, 0.0, 1.0]]
 LABELS = [0, 1]
-
-
-def softmax(row, t=1.0):
-    e = [math.exp(v / t) for v in row]
-    return [v / sum(e) for v in e]
-
-
-def kl(p, q):
-    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
 
 
 def pearson_list(a, b):

@@ -16,10 +16,9 @@ import torch
 import yaml
 
 import fault_runner
-from conftest import cli_main
+from conftest import cli_main, ctrl_c_in_epoch
 from fault_runner import assert_same_run
 from selfdistill import fileio
-from selfdistill.engine import Trainer
 from selfdistill.engine.rundir import RunDir
 from selfdistill.metrics import EvalAccumulator
 
@@ -140,16 +139,8 @@ OLD_TEMPORARY_NAMES = [f".{name}.tmp" for name in ("config.yaml", "checkpoint.pt
 def test_planted_symlinks_are_never_followed(reference, tmp_path, monkeypatch, capsys):
     out, victim = tmp_path / "run", tmp_path / "victim.txt"
     victim.write_text("precious")
-    original = Trainer.train_epoch
-
-    def stop_in_epoch_2(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop_in_epoch_2)
-    assert cli_main(capsys, "train", *TINY, "--out", str(out))[0] == 130
-    monkeypatch.undo()
+    with ctrl_c_in_epoch(1):
+        assert cli_main(capsys, "train", *TINY, "--out", str(out))[0] == 130
     for name in OLD_TEMPORARY_NAMES:  # the predictable names earlier versions wrote through
         (out / name).symlink_to(victim)
     (out / "log.csv").unlink()

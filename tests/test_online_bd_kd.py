@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from hand import kl, softmax
 from selfdistill.errors import UserError
 from selfdistill.methods import METHODS, Batch, Outputs, build_method
 from selfdistill.methods.base import NetworkSpec, SetupContext, term_owner
@@ -32,17 +33,8 @@ def run(m, z_s, z_t):
 
 
 # --------------------------------------------------------------------------- independent formulas, plain Python
-def softmax(z, t):
-    e = [math.exp(v / t) for v in z]
-    return [v / sum(e) for v in e]
-
-
 def entropy(p):
     return -sum(v * math.log(v) for v in p)
-
-
-def kl(p, q):
-    return sum(a * math.log(a / b) for a, b in zip(p, q))
 
 
 def test_registered_and_declares_an_online_teacher():

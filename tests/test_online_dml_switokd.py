@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 import selfdistill.methods.switokd as switokd
+from hand import kl, softmax
 from selfdistill.data.mixing import Mix
 from selfdistill.distributed import Dist
 from selfdistill.errors import UserError
@@ -20,15 +21,6 @@ STUDENT = [[1.0, 0.0, -1.0], [0.0, 2.0, 0.5]]
 PEER1 = [[2.0, 0.5, 0.0], [0.0, 0.0, 1.0]]
 PEER2 = [[-1.0, 1.0, 0.0], [0.3, -0.2, 2.0]]
 LABELS = [0, 1]
-
-
-def softmax(row, t=1.0):
-    e = [math.exp(v / t) for v in row]
-    return [v / sum(e) for v in e]
-
-
-def kl(p, q):
-    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
 
 
 def mean_kl(target_logits, logits, t=1.0):

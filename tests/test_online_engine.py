@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import small_config
+from conftest import ctrl_c_in_epoch, small_config
 from selfdistill.engine import Trainer, train
 from selfdistill.engine import trainer as trainer_module
 from selfdistill.errors import UserError
@@ -191,17 +191,8 @@ def test_a_resumed_two_network_run_ends_bit_identical(tmp_path, monkeypatch):
     online(monkeypatch, Mutual(peer_model="cnn"), DLB())
     config = small_config(train={"epochs": 3, "deterministic": True})
     train(config, tmp_path / "full")
-    original = Trainer.train_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
-    with pytest.raises(trainer_module.Interrupted):
+    with ctrl_c_in_epoch(1), pytest.raises(trainer_module.Interrupted):
         train(config, tmp_path / "cut")
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     train(config, tmp_path / "cut", resume=True)
     for name in ("model.pt", "peer1.pt"):
         full, resumed = (torch.load(tmp_path / run / name, weights_only=True) for run in ("full", "cut"))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import cli_main, small_config
+from conftest import cli_main, ctrl_c_in_epoch, small_config
 from selfdistill import methods
 from selfdistill.engine import Trainer
 from selfdistill.engine.trainer import train
@@ -221,16 +221,8 @@ def test_resume_continues_bit_identically_and_refuses_a_changed_teacher(cnn_teac
     shutil.copytree(cnn_teacher, teacher)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert cli_main(capsys, "train", *student_args(teacher), "--out", str(whole))[0] == 0
-    original = Trainer.train_epoch
-
-    def stop_in_epoch_2(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop_in_epoch_2)
-    assert cli_main(capsys, "train", *student_args(teacher), "--out", str(cut))[0] == 130
-    monkeypatch.undo()
+    with ctrl_c_in_epoch(1):
+        assert cli_main(capsys, "train", *student_args(teacher), "--out", str(cut))[0] == 130
     copies = {name: tmp_path / name for name in ("retrained", "overwritten")}
     for folder in copies.values():
         shutil.copytree(cut, folder)
