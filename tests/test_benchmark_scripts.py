@@ -94,3 +94,34 @@ def test_torchdistill_side_by_side_dry_run_plans_without_installing(tmp_path):
     assert [(j["job"], j["threads"]) for j in jobs] == [("ce", 1), ("kd", 1), ("ce", 2), ("kd", 2)]
     assert all(j["epochs"] == 2 and j["train_subset"] == 500 for j in jobs)
     assert not venv.exists() and not (tmp_path / "out").exists()
+
+
+def test_online_cost_times_dml_against_two_ce_steps_and_both_switokd_modes():
+    result = run("online_cost.py", "--dataset", "fashion-mnist-mini", "--images", "128", "--batch-size", "32",
+                 "--repeats", "1")
+    assert result.returncode == 0, result.stderr[-2000:]  # it also checks that each forced mode was taken
+    rows = {line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert {"ce A", "ce B", "dml", "switokd learning", "switokd expert"} <= rows
+    last = result.stdout.splitlines()[-1]
+    assert "switokd expert / learning time" in last and "ratio (ce A + ce B) / dml" in last
+
+
+def test_online_table_pairs_each_network_with_the_ce_of_its_architecture(tmp_path):
+    figure = tmp_path / "figures" / "reliability.png"
+    result = run("online_table.py", "--dataset", "fashion-mnist-mini", "--train-subset", "200", "--epochs", "1",
+                 "--seeds", "0", "--teacher", "resnet8", "--methods", "dml", "bd_kd", "sokd", "--out",
+                 str(tmp_path), "--figure", str(figure))
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (tmp_path / "online_table.md").read_text()
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    main = {(r[0].strip(), r[1].strip()): [c.strip() for c in r] for r in rows if len(r) == 12}
+    assert set(main) - {("method", "other network")} == {
+        ("ce", "—"), ("ce", "resnet8 alone"), ("dml", "peer1 (resnet8)"), ("bd_kd", "teacher (resnet8)"),
+        ("sokd", "branch (resnet8)")}
+    ce_alone = json.loads((tmp_path / "resnet8" / "noise0" / "ce" / "seed0" / "metrics.json").read_text())
+    assert float(main[("ce", "resnet8 alone")][7]) == round(ce_alone["test_top1"], 2)
+    dml = json.loads((tmp_path / "cnn" / "noise0" / "dml" / "seed0" / "metrics.json").read_text())
+    assert float(main[("dml", "peer1 (resnet8)")][8]) == round(dml["peer1_test_top1"] - ce_alone["test_top1"], 2)
+    sokd = json.loads((tmp_path / "cnn" / "noise0" / "sokd" / "seed0" / "metrics.json").read_text())
+    assert sokd["teachers"][0]["path"] == str(tmp_path / "resnet8" / "noise0" / "ce" / "seed0")  # same seed's CE
+    assert "| student (cnn) |" in table and "| teacher/peer (resnet8) |" in table and figure.stat().st_size > 0

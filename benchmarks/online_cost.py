@@ -1,0 +1,95 @@
+"""Online distillation's cost: a DML step of two networks against a CE step of each, and SwitOKD's
+expert-mode steps against its learning-mode steps.
+
+What is timed, all in one process on the same data (in-memory uint8, the engine's batched augmentation),
+batch size and optimiser, training loop only (``Trainer.train_epoch``: no evaluation, no checkpointing),
+one warm-up round, then ``--repeats`` rounds in which every side runs one epoch in turn; medians:
+
+* ``ce A``, ``ce B``: one CE epoch of the student architecture, and one of the peer's;
+* ``dml``: one epoch of ``--method dml`` training both (one forward of each, one backward of the sum, two
+  optimiser steps). Its only work beyond the two CE steps is the two KL terms, so the target is
+  ``(ce A + ce B) / dml >= 0.95``;
+* ``switokd expert``, ``switokd learning``: one epoch of ``--method switokd`` (student A, online teacher B)
+  with the switch forced to one mode for the whole epoch (``switokd.expert_mode`` replaced for the
+  epoch). In expert mode the teacher only runs forward: its terms are detached, so the backward never
+  reaches it, and it does not step. Expert steps must be the cheaper.
+
+    python benchmarks/online_cost.py --images 12000 --repeats 5                     # cnn + cnn
+    python benchmarks/online_cost.py --peer resnet20 --images 6000 --repeats 5      # cnn + resnet20
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from timing import timing_data
+
+import selfdistill.methods.switokd as switokd
+from selfdistill.config import resolve
+from selfdistill.engine import Trainer
+
+
+def trainer_for(method: dict, model: str, args: argparse.Namespace, data) -> Trainer:
+    config = resolve([{"method": method, "model": {"name": model},
+                       "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
+                       "schedule": {"name": "constant"},
+                       "train": {"epochs": 100, "progress": False, "status_every": 0}}])
+    return Trainer(config, dataset=data)
+
+
+def forced_epoch(trainer: Trainer, epoch: int, expert: bool):
+    """One SwitOKD epoch with every step's switch set to ``expert``."""
+    decide = switokd.expert_mode
+    switokd.expert_mode = lambda *distances: expert
+    try:
+        result = trainer.train_epoch(epoch)
+    finally:
+        switokd.expert_mode = decide
+    assert result.terms["switokd_expert"] == float(expert), "the forced mode did not reach the method"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--student", default="cnn", help="network A: the student")
+    parser.add_argument("--peer", default="cnn", help="network B: DML's peer and SwitOKD's online teacher")
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--images", type=int, default=12000, help="training images per epoch (balanced subset)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = timing_data(args)
+    ce_a = trainer_for({"name": "ce"}, args.student, args, data)
+    ce_b = trainer_for({"name": "ce"}, args.peer, args, data)
+    dml = trainer_for({"name": "dml", "peers": [args.peer]}, args.student, args, data)
+    swit = trainer_for({"name": "switokd", "teacher_model": args.peer}, args.student, args, data)
+    sides = {"ce A": ce_a.train_epoch, "ce B": ce_b.train_epoch, "dml": dml.train_epoch,
+             "switokd expert": lambda rep: forced_epoch(swit, rep, True),
+             "switokd learning": lambda rep: forced_epoch(swit, rep, False)}
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for rep in range(args.repeats + 1):  # round 0 warms up
+        results = {name: side(rep) for name, side in sides.items()}
+        assert len({r.rows for r in results.values()}) == 1, "every side must train on the same number of rows"
+        rows = results["dml"].rows
+        if rep:
+            for name, r in results.items():
+                seconds[name].append(r.seconds)
+        print(f"round {rep}{' (warm-up)' if rep == 0 else ''}: "
+              + ", ".join(f"{name} {rows / r.seconds:,.0f} img/s" for name, r in results.items()), flush=True)
+    t = {name: statistics.median(s) for name, s in seconds.items()}
+    print(f"\nA = {args.student}, B = {args.peer}, {args.dataset} ({rows} images/epoch), batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads, medians of {args.repeats} rounds:")
+    print("| side | s/epoch | img/s |\n|---|---|---|")
+    for name in ("ce A", "ce B", "dml", "switokd learning", "switokd expert"):
+        print(f"| {name} | {t[name]:.2f} | {rows / t[name]:,.0f} |")
+    print(f"switokd expert / learning time {t['switokd expert'] / t['switokd learning']:.3f} (must be < 1); "
+          f"ratio (ce A + ce B) / dml {(t['ce A'] + t['ce B']) / t['dml']:.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
