@@ -247,7 +247,7 @@ def test_extending_is_refused_where_the_epochs_done_would_differ(tmp_path, capsy
 
 
 @pytest.mark.parametrize("change, field", [(["--epochs", "1"], "3 epochs are already done"),
-                                           (["--threads", "2"], "train.threads"),
+                                           (["--threads", "2"], "1 threads, now with cpu, fp32, 2 threads"),
                                            (["--lr", "0.1"], "optim.lr")])
 def test_resume_refuses_a_config_that_would_change_the_result(reference, tmp_path, capsys, change, field):
     out = tmp_path / "run"

@@ -13,10 +13,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import cli_main
 from selfdistill import fileio
-from selfdistill.config import DataConfig
+from selfdistill.config import DataConfig, resolve
 from selfdistill.data import idx, load_dataset
 from selfdistill.data.idx import read_idx, write_idx
+from selfdistill.engine import runtime
 from selfdistill.errors import UserError
 
 IMAGES = torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -179,3 +181,97 @@ def test_full_fashion_mnist_from_the_cache_equals_the_inflated_files(fashion_roo
     cached = load_dataset(cfg)
     for field in ("train_images", "train_labels", "test_images", "test_labels"):
         assert torch.equal(getattr(cached, field), getattr(plain, field)), field
+
+
+# ----------------------------------------------------------------------------- threads
+@pytest.fixture
+def cpus(monkeypatch, tmp_path):
+    """Set the CPUs this process may run on; no cgroup quota, no local processes unless a test says so."""
+    monkeypatch.setattr(runtime, "PROC_CGROUP", tmp_path / "no-cgroup")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    return lambda n: monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(n)), raising=False)
+
+
+@pytest.mark.parametrize("usable, local, threads, how", [
+    (8, None, 8, "8 CPUs usable"),
+    (1, None, 1, "1 CPU usable"),
+    (8, "3", 2, "8 CPUs usable / 3 processes on this machine"),
+    (2, "4", 1, "2 CPUs usable / 4 processes on this machine"),  # at least one
+    (6, "not a number", 6, "6 CPUs usable"),
+])
+def test_auto_threads_share_the_usable_cpus_among_local_processes(cpus, monkeypatch, usable, local, threads, how):
+    cpus(usable)
+    if local is not None:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    assert runtime.auto_threads() == (threads, how)
+
+
+def test_auto_threads_without_affinity_count_all_cpus(cpus, monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 12)
+    assert runtime.auto_threads() == (12, "12 CPUs usable")
+
+
+def test_auto_threads_obey_the_tightest_cgroup_quota(cpus, monkeypatch, tmp_path):
+    cpus(16)
+    root = tmp_path / "cgroup"  # where cgroup v2 is mounted
+    (root / "jobs" / "mine").mkdir(parents=True)
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # above the mount: not a cgroup, never read
+    (root / "cpu.max").write_text("800000 100000\n")
+    (root / "jobs" / "cpu.max").write_text("300000 100000\n")
+    (root / "jobs" / "mine" / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "self-cgroup").write_text("1:cpu:/elsewhere\n0::/jobs/mine\n")
+    monkeypatch.setattr(runtime, "CGROUP", root)
+    monkeypatch.setattr(runtime, "PROC_CGROUP", tmp_path / "self-cgroup")
+    assert runtime.auto_threads() == (3, "a CPU quota of 3 of 16 CPUs")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert runtime.auto_threads() == (1, "a CPU quota of 3 of 16 CPUs / 2 processes on this machine")
+    (root / "jobs" / "cpu.max").write_text("50000 100000\n")  # half a CPU: still one thread
+    assert runtime.auto_threads()[0] == 1
+    (root / "jobs" / "cpu.max").write_text("max 100000\n")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert runtime.auto_threads() == (8, "a CPU quota of 8 of 16 CPUs")
+    (root / "cpu.max").unlink()
+    assert runtime.auto_threads() == (16, "16 CPUs usable")
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", 1), (2, 2), (None, "unchanged")])
+def test_configure_torch_sets_the_resolved_count(cpus, setting, expected):
+    cpus(1)
+    torch.set_num_threads(3)
+    runtime.configure_torch(resolve([{"train": {"threads": setting}}]).train, torch.device("cpu"))
+    assert torch.get_num_threads() == (3 if expected == "unchanged" else expected)
+
+
+def test_threads_take_auto_null_or_a_count():
+    assert resolve([]).train.threads == "auto"
+    for value, resolved in (("auto", "auto"), (None, None), (4, 4), ("4", 4)):
+        assert resolve([{"train": {"threads": value}}]).train.threads == resolved
+    for bad in (0, -1, 1025, 1.5, "fast", True, [2]):
+        with pytest.raises(UserError, match=r"^train\.threads=") as caught:
+            resolve([{"train": {"threads": bad}}])
+        assert len(str(caught.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["--threads", "0"], ["--set", "train.threads=auto2"], ["--set", "train.threads=0"]])
+def test_bad_threads_on_the_command_line_exit_2_in_one_line(capsys, args):
+    code, _, err = cli_main(capsys, "train", "--dataset", "synthetic", *args, "--print-config")
+    assert code == 2 and len(err) == 1 and "train.threads" in err[0]
+
+
+TINY = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--set", "train.progress=false",
+        "--set", "data.synthetic={train_size: 32, test_size: 16, size: 8}", "--set", "train.tensorboard=false",
+        "--set", "schedule.name=constant"]
+
+
+def test_the_start_line_says_how_auto_chose_and_resume_compares_the_count(cpus, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    cpus(1)
+    code, stdout, _ = cli_main(capsys, "train", *TINY, "--epochs", "1", "--out", out)
+    assert code == 0 and "| cpu, 1 thread (auto: 1 CPU usable)\n" in stdout
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["runtime"]["threads"] == 1
+    cpus(2)  # the same run on a machine where auto chooses another count
+    code, _, err = cli_main(capsys, "train", *TINY, "--epochs", "2", "--out", out, "--resume")
+    assert code == 2 and len(err) == 1 and "trained with cpu, fp32, 1 threads, now with cpu, fp32, 2 threads" in err[0]
+    code, stdout, _ = cli_main(capsys, "train", *TINY, "--epochs", "2", "--out", out, "--resume", "--threads", "1")
+    assert code == 0 and "| cpu, 1 thread\n" in stdout and "extending" in stdout

@@ -106,7 +106,8 @@ def build_parser() -> Parser:
     train.add_argument("--data-dir", help="data root holding one folder per dataset (default: $SELFDISTILL_DATA, "
                                           "then ~/.cache/selfdistill)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: auto = cuda if available)")
-    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: auto = the CPUs this process may "
+                                                   "use, shared among --nproc processes)")
     train.add_argument("--config", help="YAML file, or the name of a bundled recipe (`selfdistill recipes`, e.g. "
                                         "dlb_cifar100) (default: none)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -118,7 +118,9 @@ class TrainConfig:
     channels_last: Auto = "auto"  # auto = on for CUDA
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    threads: int | None = None  # torch.set_num_threads; None = torch's default (part of the result: float sums)
+    # torch.set_num_threads: auto = the CPUs this process may use / local processes; null = torch's default.
+    # Part of the result (float sums): a run records the resolved count and resumes only with the same.
+    threads: Union[Literal["auto"], int, None] = "auto"
     progress: Auto = "auto"  # progress bar; auto = only on a terminal
     status_every: float = 30.0  # seconds between status lines when there is no progress bar; 0 = none
     tensorboard: Auto = "auto"  # TensorBoard event files in the run directory; auto = when tensorboard is installed
@@ -163,12 +165,13 @@ def _role_section(config: Config, role: str, section: str, cls: type) -> Any:
 
 
 # Fields that never change what a run computes (where files come from, what is shown, how long to wait for
-# other processes): they may change on --resume.
-RESUMABLE_FIELDS = ("data.data_dir", "data.download", "train.device", "train.progress", "train.status_every",
-                    "train.tensorboard", "train.dist_timeout")
+# other processes): they may change on --resume. So may the device and the thread count as they are written
+# (`auto` or a number): the trainer compares what they resolve to, recorded in the checkpoint's runtime.
+RESUMABLE_FIELDS = ("data.data_dir", "data.download", "train.device", "train.threads", "train.progress",
+                    "train.status_every", "train.tensorboard", "train.dist_timeout")
 # Fields that change a run's numbers only as another seed or float rounding would: `report` treats runs that
 # differ only in these as seeds of one experiment.
-REPORT_IGNORED_FIELDS = (*RESUMABLE_FIELDS, "train.seed", "train.threads", "train.deterministic", "train.compile",
+REPORT_IGNORED_FIELDS = (*RESUMABLE_FIELDS, "train.seed", "train.deterministic", "train.compile",
                          "train.eval_every", "data.eval_batch_size")
 
 
@@ -482,8 +485,8 @@ def validate(config: Config) -> None:
         _check_optim(config.role_optim(role), f"roles.{role}.optim")
         _check_schedule(config.role_schedule(role), f"roles.{role}.schedule")
     require(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
-    require(t.threads is None or 1 <= t.threads <= MAX_THREADS, "train.threads", t.threads,
-            f"null or an integer in [1, {MAX_THREADS}]")
+    require(t.threads in (None, "auto") or 1 <= t.threads <= MAX_THREADS, "train.threads", t.threads,
+            f"auto, null (torch's default) or an integer in [1, {MAX_THREADS}]")
     require(t.status_every >= 0, "train.status_every", t.status_every, "seconds >= 0 (0: no status lines)")
     require(0 < t.dist_timeout <= 7 * 86400, "train.dist_timeout", t.dist_timeout, "seconds in (0, 604800] (a week)")
     dev = t.device

@@ -61,7 +61,7 @@ from .evaluate import NetworkEvaluation, TeacherPredictions, evaluate_networks, 
 from .networks import FrozenNetwork, TrainableNetwork
 from .progress import Progress
 from .resume import check_resume
-from .runtime import Precision, configure_torch, derive_seed, resolve_device
+from .runtime import Precision, configure_torch, derive_seed, describe_threads, resolve_device
 
 TEACHER_FIGURES = ("top1", "nll", "ece", "entropy", "nontarget_entropy")  # TeacherDiagnostics.summary()
 CHECK_EVERY = 25  # steps between checks for a non-finite loss (each check is one device sync)
@@ -479,7 +479,7 @@ class Trainer:
                     f"epoch {self.start_epoch}")
         else:
             verb = f"resuming {self.out} after epoch {self.start_epoch}"
-        threads = f", {self.runtime['threads']} threads" if self.runtime["threads"] else ""
+        threads = describe_threads(cfg.train, self.runtime["threads"])
         teachers = "".join(f" | {t.role} {src.model} ({src.path})"
                            for t, src in zip(self.teachers, self.teacher_sources))
         processes = f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
