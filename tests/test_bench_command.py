@@ -105,6 +105,6 @@ def test_a_line_per_round_goes_to_say_and_a_busy_machine_is_named():
     assert [line.split(":")[0] for line in lines] == ["round 0/2 (warm-up)", "round 1/2", "round 2/2"]
     assert "load average (1 min)" in format_bench(result)
     busy = format_bench({**result, "load_1min": 3.0, "usable_cpus": 2, "cpus": 4})
-    assert "load average (1 min) 3.00 on 2 CPUs: other work shares this machine" in busy
+    assert "load average (1 min) 3.00 on 2 CPUs: the machine is busy" in busy
     assert ", 4 CPUs (2 usable)," in busy
     assert "load average" not in format_bench({**result, "load_1min": None})

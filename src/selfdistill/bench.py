@@ -195,8 +195,8 @@ def format_bench(r: dict[str, Any]) -> str:
     if load is None:
         lines.append("timings are indicative when other work shares the machine")
     elif load >= cpus:
-        lines.append(f"load average (1 min) {load:.2f} on {cpus} CPUs: other work shares this machine, so these "
-                     "timings are indicative only (fewer --threads may suffer less from it)")
+        lines.append(f"load average (1 min) {load:.2f} on {cpus} CPUs: the machine is busy, so these timings are "
+                     "indicative only")
     else:
         lines.append(f"load average (1 min) {load:.2f} on {cpus} CPUs; timings are indicative when other work "
                      "shares the machine")
