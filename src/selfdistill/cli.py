@@ -1,4 +1,4 @@
-"""Command line: ``selfdistill {train,demo,eval,report,recipes,methods,models,datasets}``.
+"""Command line: ``selfdistill {train,demo,eval,bench,report,recipes,methods,models,datasets}``.
 
 Every failure ends with one line on stderr and an exit code (see :mod:`selfdistill.errors`): 2 for
 bad input (nothing started or written), 3 for a diverged run, 4 for a failed write to the run
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import os
 import re
 import signal
@@ -34,6 +35,9 @@ TRAIN_FLAGS = {
     "train_subset": "data.train_subset", "data_dir": "data.data_dir", "device": "train.device",
     "threads": "train.threads",
 }
+# train's flags that bench shares (bench builds the same trainer, without --out)
+BENCH_FLAGS = ("method", "dataset", "model", "teacher", "seed", "batch_size", "lr", "data_dir", "device", "threads",
+               "config", "set")
 NON_MAIN_GRACE_S = 5.0  # a failing rank other than 0 waits this long, so that rank 0's line is the one shown
 _ARGV: list[str] = []  # the arguments being parsed, for hints in argparse's errors
 
@@ -58,7 +62,7 @@ def _hint(message: str) -> str:
         if flag == "--set" and "=" not in value and following == first:
             return f"; --set takes KEY=VALUE as one word: --set {value}={first}"
     if first.startswith("--"):
-        flags = [f for a in _ARGV if a in ("train", "demo", "eval", "report") for f in _flags(a)]
+        flags = [f for a in _ARGV if a in ("train", "demo", "eval", "bench", "report") for f in _flags(a)]
         return did_you_mean(first, flags)
     return ""
 
@@ -149,6 +153,20 @@ def build_parser() -> Parser:
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     ev.add_argument("--out", help="folder for eval.json, per_class.csv, reliability.png "
                                   "(default: eval-<dataset>-<split>/ beside the model)")
+
+    bench = sub.add_parser("bench", help="training and evaluation images/s of a method/model/batch on this machine, "
+                                         "beside a bare PyTorch loop",
+                           description="Time the trainer `train` would build from the same flags (nothing is "
+                                       "written): its training step, a bare PyTorch loop on the same model, data, "
+                                       "optimiser and layout, and its evaluation, alternating in one process; "
+                                       "medians after a warm-up round. Exit codes: 0 done, 2 bad input.")
+    for action in train._actions:  # the same flag objects as train's, as argparse's `parents` shares them
+        if action.dest in BENCH_FLAGS:
+            bench._add_action(action)
+    bench.add_argument("--steps", type=int, default=30, help="training steps per round (default: 30)")
+    bench.add_argument("--repeats", type=int, default=5, help="rounds counted, after one warm-up round (default: 5)")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON (default: a table)")
+    bench.set_defaults(out=None, resume=False, **{f: None for f in TRAIN_FLAGS if f not in BENCH_FLAGS})
 
     sub.add_parser("recipes", help="list the bundled recipes and what each reproduces")
     sub.add_parser("methods", help="list the methods, one line each")
@@ -251,6 +269,19 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(build_report(args.paths, out, plots=not args.no_plots))
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import format_bench, run_bench
+
+    args.set = [*args.set, "train.progress=false", "train.status_every=0"]  # the table is all it prints
+    config, _ = train_config(args)
+
+    def say(line: str) -> None:  # a line per round, on a terminal
+        print(line, file=sys.stderr, flush=True)
+
+    result = run_bench(config, args.steps, args.repeats, say if sys.stderr.isatty() else None)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -288,7 +319,7 @@ def _say_failure(exc: SelfdistillError) -> int:
 # what each command imports before it starts (torch, for most)
 COMMAND_MODULES = {"train": "selfdistill.engine", "demo": "selfdistill.demo", "eval": "selfdistill.evaluation",
                    "report": "selfdistill.report", "methods": "selfdistill.methods", "models": "selfdistill.models",
-                   "datasets": "selfdistill.data", "recipes": "selfdistill.recipes"}
+                   "datasets": "selfdistill.data", "recipes": "selfdistill.recipes", "bench": "selfdistill.bench"}
 
 
 @contextlib.contextmanager
@@ -325,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_eval(args)
         elif args.command == "report":
             cmd_report(args)
+        elif args.command == "bench":
+            cmd_bench(args)
         else:
             cmd_list(args.command)
         return 0
