@@ -25,7 +25,8 @@ from selfdistill.engine import Trainer
 def trainer_for(method: str, batch_size: int, args: argparse.Namespace, data) -> Trainer:
     config = resolve([{"method": {"name": method}, "model": {"name": args.model},
                        "data": {"dataset": args.dataset, "batch_size": batch_size, "train_subset": args.images},
-                       "schedule": {"name": "constant"}, "train": {"epochs": 100, "progress": False}}])
+                       "schedule": {"name": "constant"},
+                       "train": {"epochs": 100, "threads": args.threads, "progress": False}}])
     return Trainer(config, dataset=data)
 
 

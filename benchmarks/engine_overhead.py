@@ -58,7 +58,7 @@ def main() -> None:
 
     layer = {"method": {"name": "ce"}, "model": {"name": args.model},
              "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
-             "train": {"epochs": 100, "progress": False}, "schedule": {"name": "constant"}}
+             "train": {"epochs": 100, "threads": args.threads, "progress": False}, "schedule": {"name": "constant"}}
     try:
         config = resolve([layer])
         data = load_dataset(config.data, 0)

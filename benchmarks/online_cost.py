@@ -35,7 +35,7 @@ def trainer_for(method: dict, model: str, args: argparse.Namespace, data) -> Tra
     config = resolve([{"method": method, "model": {"name": model},
                        "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
                        "schedule": {"name": "constant"},
-                       "train": {"epochs": 100, "progress": False, "status_every": 0}}])
+                       "train": {"epochs": 100, "threads": args.threads, "progress": False, "status_every": 0}}])
     return Trainer(config, dataset=data)
 
 

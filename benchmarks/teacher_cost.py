@@ -40,7 +40,7 @@ def trainer_for(method: str, args: argparse.Namespace, data, teachers: list[dict
     config = resolve([{"method": {"name": method}, "model": {"name": args.student}, "teachers": teachers,
                        "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
                        "schedule": {"name": "constant"},
-                       "train": {"epochs": 100, "progress": False, "status_every": 0}}])
+                       "train": {"epochs": 100, "threads": args.threads, "progress": False, "status_every": 0}}])
     return Trainer(config, dataset=data)
 
 

@@ -68,6 +68,12 @@ class Recorder(Method):
 
 
 @pytest.fixture(autouse=True)
+def _no_decode_cache(monkeypatch):
+    """Tests leave the user's cache alone (the cache's own tests turn it back on, in a temporary folder)."""
+    monkeypatch.setenv("SELFDISTILL_NO_CACHE", "1")
+
+
+@pytest.fixture(autouse=True)
 def _restore_torch_settings():
     """Runs in this process set torch's thread count and determinism, which are process-wide."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()

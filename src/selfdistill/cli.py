@@ -79,6 +79,16 @@ def _default(key: str) -> Any:
     return value
 
 
+def _threads(text: str) -> int | str:
+    """``--threads``: a count, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of threads or auto") from None
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="selfdistill", description="Knowledge distillation centred on self-distillation.")
     parser.add_argument("--version", action="version", version=f"selfdistill {__version__}")
@@ -110,8 +120,8 @@ def build_parser() -> Parser:
     train.add_argument("--data-dir", help="data root holding one folder per dataset (default: $SELFDISTILL_DATA, "
                                           "then ~/.cache/selfdistill)")
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: auto = cuda if available)")
-    train.add_argument("--threads", type=int, help="CPU threads for torch (default: auto = the CPUs this process may "
-                                                   "use, shared among --nproc processes)")
+    train.add_argument("--threads", type=_threads, help="CPU threads for torch, or auto (default: auto = the CPUs "
+                                                        "this process may use, shared among --nproc processes)")
     train.add_argument("--config", help="YAML file, or the name of a bundled recipe (`selfdistill recipes`, e.g. "
                                         "dlb_cifar100) (default: none)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -130,7 +140,8 @@ def build_parser() -> Parser:
     demo.add_argument("--epochs", type=int, default=8, help="epochs per method (default: 8)")
     demo.add_argument("--model", default="cnn", help="(default: cnn)")
     demo.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    demo.add_argument("--threads", type=_threads, help="CPU threads for torch, or auto (default: auto = the CPUs this "
+                                                       "process may use)")
 
     ev = sub.add_parser("eval", help="top-1, top-5, NLL, ECE, per-class accuracy and a reliability diagram of a "
                                      "trained model",
@@ -287,7 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     if args.threads is not None:
         resolve([{"train": {"threads": args.threads}}])  # the same check as train's
-    run_demo(args.out, args.epochs, args.model, args.seed, threads=args.threads)
+    run_demo(args.out, args.epochs, args.model, args.seed, threads=args.threads if args.threads is not None else "auto")
 
 
 # ----------------------------------------------------------------------------- entry point

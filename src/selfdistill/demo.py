@@ -50,7 +50,7 @@ def summary_table(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: str | None, epochs: int, model: str, seed: int, threads: int | None = None) -> Path:
+def run_demo(out: str | None, epochs: int, model: str, seed: int, threads: int | str = "auto") -> Path:
     """Train CE and DLB into ``out`` (or a fresh ``selfdistill-demo`` folder); table, summary and plot."""
     folder = Path(out) if out else unused_path("selfdistill-demo")
     configs = {m: resolve([RECIPE, {"method": {"name": m}, "model": {"name": model},
