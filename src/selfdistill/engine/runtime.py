@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..config import TrainConfig
 from ..distributed import Dist
 from ..errors import UserError
+from ..models import faster_in_channels_last_on_cpu
 
 
 def derive_seed(*keys: object) -> int:
@@ -45,17 +46,24 @@ def resolve_device(requested: str, ctx: Dist) -> torch.device:
 
 @dataclass(frozen=True)
 class Precision:
-    """bf16 autocast and channels_last, each 'auto' meaning on for CUDA only."""
+    """bf16 autocast ('auto': on for CUDA only) and the memory layout ('auto': channels_last on CUDA, and on a
+    CPU for the architectures measured faster there, :data:`~selfdistill.models.CPU_CHANNELS_LAST`).
+
+    The layout is a decision, not an accident of strides: the models are converted to it and every batch
+    (plain, mixed, replayed, a teacher's) is made contiguous in it before the forward
+    (:meth:`inputs`)."""
 
     amp: bool
     channels_last: bool
     device_type: str
 
     @classmethod
-    def resolve(cls, cfg: TrainConfig, device: torch.device) -> Precision:
+    def resolve(cls, cfg: TrainConfig, device: torch.device, model: str = "") -> Precision:
+        """``model``: the student's architecture, whose measured CPU layout ``auto`` takes."""
         on_cuda = device.type == "cuda"
         amp = on_cuda if cfg.amp == "auto" else bool(cfg.amp)
-        channels_last = on_cuda if cfg.channels_last == "auto" else bool(cfg.channels_last)
+        auto_layout = on_cuda or faster_in_channels_last_on_cpu(model)
+        channels_last = auto_layout if cfg.channels_last == "auto" else bool(cfg.channels_last)
         if amp and not on_cuda:
             warnings.warn("train.amp=true on a CPU: bf16 autocast is often many times slower than fp32 there",
                           stacklevel=2)

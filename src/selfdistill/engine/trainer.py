@@ -120,7 +120,7 @@ class Trainer:
         self.checkpoint = self._load_resume_state() if self.resuming and self.out is not None else None
         self.device = resolve_device(cfg.train.device, self.ctx)
         configure_torch(cfg.train, self.device)
-        self.precision = Precision.resolve(cfg.train, self.device)
+        self.precision = Precision.resolve(cfg.train, self.device, cfg.model.name)
         self.runtime = {"device": self.device.type, "amp": self.precision.amp,
                         "channels_last": self.precision.channels_last,
                         "threads": torch.get_num_threads() if self.device.type == "cpu" else None}

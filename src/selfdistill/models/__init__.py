@@ -58,6 +58,22 @@ ALIASES = {"wrn_16_1": "wrn16_1", "wrn_16_2": "wrn16_2", "wrn_40_1": "wrn40_1", 
 MODELS.update({alias: MODELS[name] for alias, name in ALIASES.items()})
 
 
+# The architectures that train faster in channels_last (NHWC) than in NCHW on a CPU, so ``train.channels_last:
+# auto`` uses it there. One training step, batch 64, 2 threads, torch 2.13, this project's 2-core CPU, NHWC/NCHW time
+# (benchmarks/layout.py; BENCHMARKS.md "Memory layout on a CPU"): cnn 0.73, resnet20 0.79-0.82, resnet8x4 0.90,
+# wrn_16_1 0.82, MobileNetV2 0.66; resnet18 and the other basic-block ResNets and WRNs share those blocks.
+# Slower in NHWC: vgg8 1.03, vgg13 1.35, ShuffleV1 2.27, ShuffleV2 1.32; the others (mlp, densenet, ResNet50's
+# bottlenecks) stay NCHW on a CPU until measured. A GPU always takes channels_last.
+CPU_CHANNELS_LAST = frozenset({"cnn", "resnet18", "resnet8x4", "resnet32x4", "MobileNetV2", "mobilenetv2_x0_5",
+                               *(f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)),
+                               *(n for n in MODELS if n.startswith(("wrn16", "wrn28", "wrn40", "wrn_")))})
+
+
+def faster_in_channels_last_on_cpu(name: str) -> bool:
+    """Whether architecture ``name`` trains faster in channels_last on a CPU (measured; see ``CPU_CHANNELS_LAST``)."""
+    return name in CPU_CHANNELS_LAST
+
+
 def model_names() -> list[str]:
     return list(MODELS)
 
@@ -79,5 +95,5 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["ALIASES", "FeatureTaps", "MODELS", "build_model", "count_parameters", "model_names", "register_model",
-           "tap_names"]
+__all__ = ["ALIASES", "CPU_CHANNELS_LAST", "FeatureTaps", "MODELS", "build_model", "count_parameters",
+           "faster_in_channels_last_on_cpu", "model_names", "register_model", "tap_names"]
