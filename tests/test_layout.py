@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import small_config
+from conftest import ctrl_c_in_epoch, small_config
 from selfdistill.config import TrainConfig
 from selfdistill.engine import Trainer, train
 from selfdistill.engine.runtime import Precision
+from selfdistill.engine.trainer import Interrupted
 from selfdistill.models import faster_in_channels_last_on_cpu
 
 RGB = {"synthetic": {"channels": 3, "size": 12, "train_size": 64, "test_size": 32}}
@@ -75,3 +76,16 @@ def test_auto_takes_the_measured_cpu_layout_and_an_explicit_setting_wins():
     assert not Precision.resolve(TrainConfig(), cpu, "ShuffleV2").channels_last
     assert not Precision.resolve(TrainConfig(channels_last=False), cpu, "resnet20").channels_last
     assert Precision.resolve(TrainConfig(channels_last=True), cpu, "mlp").channels_last
+
+
+def test_a_resumed_run_keeps_the_layout_it_was_trained_in(tmp_path):
+    """A run trained in NCHW (e.g. by a version whose auto chose NCHW on a CPU) resumes in NCHW under auto."""
+    out = tmp_path / "run"
+    config = small_config(model={"name": "cnn"}, data=RGB, train={"epochs": 2})
+    trainer = Trainer(small_config(model={"name": "cnn"}, data=RGB, train={"epochs": 2, "channels_last": False}), out)
+    trainer.config = config  # what the checkpoint records: the run's config said auto
+    with ctrl_c_in_epoch(1), pytest.raises(Interrupted):
+        trainer.fit()
+    resumed = Trainer(config, out, resume=True)
+    assert not resumed.precision.channels_last and Trainer(config).precision.channels_last
+    resumed.fit()

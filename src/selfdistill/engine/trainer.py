@@ -23,6 +23,7 @@ so the loop adds no host-device synchronisation of its own to a step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import resource
@@ -121,6 +122,11 @@ class Trainer:
         self.device = resolve_device(cfg.train.device, self.ctx)
         configure_torch(cfg.train, self.device)
         self.precision = Precision.resolve(cfg.train, self.device, cfg.model.name)
+        saved_runtime = (self.checkpoint or {}).get("runtime") or {}
+        if cfg.train.channels_last == "auto" and isinstance(saved_runtime.get("channels_last"), bool):
+            # a resumed run keeps the layout it was trained in (the float sums, hence the result, depend on it), even
+            # where this version's auto would choose another one for its architecture
+            self.precision = dataclasses.replace(self.precision, channels_last=saved_runtime["channels_last"])
         self.runtime = {"device": self.device.type, "amp": self.precision.amp,
                         "channels_last": self.precision.channels_last,
                         "threads": torch.get_num_threads() if self.device.type == "cpu" else None}
