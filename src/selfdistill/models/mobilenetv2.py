@@ -39,13 +39,17 @@ class InvertedResidual(nn.Module):
         super().__init__()
         mid = cin * expansion
         self.residual = stride == 1 and cin == cout
+        self.inplace_outputs = ("conv",) if self.residual else ()  # the input is added to it in place (taps.py)
         self.conv = nn.Sequential(
             nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
             nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.residual else self.conv(x)
+        out = self.conv(x)
+        if self.residual:
+            out += x
+        return out
 
 
 class MobileNetV2(nn.Module):

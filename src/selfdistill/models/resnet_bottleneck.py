@@ -23,6 +23,7 @@ class Bottleneck(nn.Module):
     after the first two and after the residual sum."""
 
     expansion = 4
+    inplace_outputs = ("bn1", "bn2", "bn3")  # rectified / summed in place (see taps.py)
 
     def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -38,9 +39,11 @@ class Bottleneck(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        out = self.bn3(self.conv3(out))
+        out += self.shortcut(x)
+        return out.relu_()
 
 
 def resnet50_cifar(num_classes: int, in_channels: int, image_size: int) -> ResNet:

@@ -33,6 +33,7 @@ from .common import init_weights
 
 class BasicBlock(nn.Module):
     expansion = 1
+    inplace_outputs = ("bn1", "bn2")  # rectified / summed in place (see taps.py)
 
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
@@ -45,8 +46,10 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return out.relu_()
 
 
 class ResNet(nn.Module):

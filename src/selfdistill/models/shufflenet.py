@@ -42,6 +42,8 @@ class ShuffleUnitV1(nn.Module):
         mid = cout // 4
         self.first_groups = 1 if cin == 24 else groups
         self.stride = stride
+        # rectified / summed in place (see taps.py); the stride-2 unit rectifies a concatenation instead
+        self.inplace_outputs = ("bn1", "bn2") if stride == 2 else ("bn1", "bn2", "bn3")
         self.conv1 = nn.Conv2d(cin, mid, 1, groups=self.first_groups, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
@@ -50,12 +52,13 @@ class ShuffleUnitV1(nn.Module):
         self.bn3 = nn.BatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.first_groups)
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = channel_shuffle(F.relu(self.bn1(self.conv1(x)), inplace=True), self.first_groups)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1))
-        return F.relu(out + x)
+            return torch.cat([out, F.avg_pool2d(x, 3, 2, 1)], 1).relu_()
+        out += x
+        return out.relu_()
 
 
 class ShuffleNetV1(nn.Module):

@@ -29,6 +29,8 @@ from .common import init_weights
 
 
 class PreActBlock(nn.Module):
+    inplace_outputs = ("bn1", "bn2", "conv2")  # rectified / summed in place (see taps.py)
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
@@ -38,10 +40,11 @@ class PreActBlock(nn.Module):
         self.shortcut = None if (stride == 1 and cin == cout) else nn.Conv2d(cin, cout, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
+        out = F.relu(self.bn1(x), inplace=True)
         shortcut = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + shortcut
+        out = self.conv2(F.relu(self.bn2(self.conv1(out)), inplace=True))
+        out += shortcut
+        return out
 
 
 class WideResNet(nn.Module):
