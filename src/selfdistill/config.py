@@ -72,7 +72,7 @@ class DataConfig:
     data_dir: str | None = None
     download: bool = True
     batch_size: int = 64
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 128  # measured on a CPU: 0.28x (cnn) / 0.43x (resnet20) the time of batch 1000 in NCHW
     train_subset: int | None = None  # class-balanced subset of the training set
     validation_split: int | None = None  # hold out this many training images and evaluate on them, not on test
     label_noise: float = 0.0  # symmetric: this fraction of training labels moved to another class
