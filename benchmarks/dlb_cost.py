@@ -16,7 +16,7 @@ import argparse
 import statistics
 
 import torch
-from timing import timing_data
+from timing import parse_timing_args, timing_data, timing_parser
 
 from selfdistill.config import resolve
 from selfdistill.engine import Trainer
@@ -31,16 +31,9 @@ def trainer_for(method: str, batch_size: int, args: argparse.Namespace, data) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = timing_parser(__doc__, batch_help="DLB's new rows per step (CE uses twice this)")
     parser.add_argument("--model", default="cnn")
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--images", type=int, default=12000, help="training images per epoch (balanced subset)")
-    parser.add_argument("--batch-size", type=int, default=64, help="DLB's new rows per step (CE uses twice this)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing_args(parser)
     data = timing_data(args)
     ce = trainer_for("ce", 2 * args.batch_size, args, data)
     dlb = trainer_for("dlb", args.batch_size, args, data)

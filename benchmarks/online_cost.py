@@ -24,7 +24,7 @@ import argparse
 import statistics
 
 import torch
-from timing import timing_data
+from timing import parse_timing_args, timing_data, timing_parser
 
 import selfdistill.methods.switokd as switokd
 from selfdistill.config import resolve
@@ -52,17 +52,10 @@ def forced_epoch(trainer: Trainer, epoch: int, expert: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = timing_parser(__doc__)
     parser.add_argument("--student", default="cnn", help="network A: the student")
     parser.add_argument("--peer", default="cnn", help="network B: DML's peer and SwitOKD's online teacher")
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--images", type=int, default=12000, help="training images per epoch (balanced subset)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing_args(parser)
     data = timing_data(args)
     ce_a = trainer_for({"name": "ce"}, args.student, args, data)
     ce_b = trainer_for({"name": "ce"}, args.peer, args, data)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from timing import timing_data
+from timing import parse_timing_args, timing_data, timing_parser
 
 from selfdistill.config import resolve
 from selfdistill.engine import Trainer
@@ -62,18 +62,11 @@ def teacher_epoch(trainer: Trainer, epoch: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = timing_parser(__doc__)
     parser.add_argument("--student", default="cnn")
     parser.add_argument("--teacher", default="resnet20", help="the teacher's architecture")
     parser.add_argument("--method", default="kd", help="the KD method timed (one frozen teacher)")
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--images", type=int, default=12000, help="training images per epoch (balanced subset)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing_args(parser)
     data = timing_data(args)
 
     with tempfile.TemporaryDirectory() as tmp:

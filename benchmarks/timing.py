@@ -1,12 +1,34 @@
-"""What the speed benchmarks share: the in-memory data they time on."""
+"""What the speed benchmarks share: their common options, and the in-memory data they time on."""
 
 from __future__ import annotations
 
 import argparse
 
+import torch
+
 from selfdistill.config import resolve
 from selfdistill.data import ImageDataset, load_dataset
 from selfdistill.errors import UserError
+
+
+def timing_parser(doc: str, batch_help: str | None = None) -> argparse.ArgumentParser:
+    """A parser with the options every speed benchmark takes; the script adds its own, then calls
+    :func:`parse_timing_args`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--images", type=int, default=12000, help="training images per epoch (balanced subset)")
+    parser.add_argument("--batch-size", type=int, default=64, help=batch_help)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    return parser
+
+
+def parse_timing_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The parsed options, with torch's thread count set to ``--threads`` when given."""
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def timing_data(args: argparse.Namespace) -> ImageDataset:

@@ -39,14 +39,9 @@ from .data import ImageDataset, load_dataset, train_batches
 from .engine import Trainer, evaluate_networks
 from .engine.evaluate import teacher_predictions
 from .engine.optim import make_optimizer
-from .engine.runtime import derive_seed
+from .engine.runtime import derive_seed, synchronize
 from .errors import require
 from .models import build_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _subset(data: ImageDataset, size: int, seed: int) -> ImageDataset:
@@ -80,7 +75,7 @@ class BareLoop:
         generator = torch.Generator(device=dev).manual_seed(derive_seed(cfg.train.seed, "bench augment", round))
         self.model.train()
         rows = 0
-        _sync(dev)
+        synchronize(dev)
         start = time.perf_counter()
         for idx in batches:
             idx = idx.to(dev, non_blocking=True)
@@ -91,7 +86,7 @@ class BareLoop:
             loss.backward()
             self.optimizer.step()
             rows += len(idx)
-        _sync(dev)
+        synchronize(dev)
         return rows / (time.perf_counter() - start)
 
 
@@ -118,11 +113,11 @@ def run_bench(config: Config, steps: int, repeats: int, say: Callable[[str], Non
     for r in range(repeats + 1):
         bare_speed = bare.run(r)
         result = trainer.train_epoch(min(r, cfg.train.epochs - 1))
-        _sync(dev)
+        synchronize(dev)
         start = time.perf_counter()
         evaluate_networks(networks, images, labels, d.num_classes, trainer.augment, cfg.data.eval_batch_size,
                           trainer.precision, teachers=teacher_eval)
-        _sync(dev)
+        synchronize(dev)
         eval_speed = n_eval / (time.perf_counter() - start)
         train_speed = result.rows / result.seconds
         if say is not None:

@@ -170,6 +170,12 @@ def describe_threads(cfg: TrainConfig, threads: int | None) -> str:
                                                         else "")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that a timer reads what was computed; a no-op on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
     """Threads, determinism and the C allocator; these are process-wide."""
     keep_freed_memory()

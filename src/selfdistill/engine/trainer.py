@@ -62,7 +62,7 @@ from .evaluate import NetworkEvaluation, TeacherPredictions, evaluate_networks, 
 from .networks import FrozenNetwork, TrainableNetwork
 from .progress import Progress
 from .resume import check_resume
-from .runtime import Precision, configure_torch, derive_seed, describe_threads, resolve_device
+from .runtime import Precision, configure_torch, derive_seed, describe_threads, resolve_device, synchronize
 
 TEACHER_FIGURES = ("top1", "nll", "ece", "entropy", "nontarget_entropy")  # TeacherDiagnostics.summary()
 CHECK_EVERY = 25  # steps between checks for a non-finite loss (each check is one device sync)
@@ -329,7 +329,7 @@ class Trainer:
         finite = torch.ones((), dtype=torch.bool, device=dev)
         rows = new_rows = 0
         self.progress.start_epoch(epoch, cfg.train.epochs, len(batches))
-        _sync(dev)
+        synchronize(dev)
         start = time.perf_counter()
         for step, idx in enumerate(batches):
             for net in self.nets:
@@ -365,7 +365,7 @@ class Trainer:
             if self.progress.status_due():
                 self.progress.status(step + 1, {"loss": float(term_sums.sum() / (step + 1)), "images": rows,
                                                 "acc": 100.0 * float(correct) / max(new_rows, 1)})
-        _sync(dev)
+        synchronize(dev)
         seconds = time.perf_counter() - start
         if any_rank(not bool(finite), self.ctx, dev):
             raise TrainingDiverged(f"the loss became non-finite in epoch {epoch + 1}")
@@ -616,8 +616,7 @@ class Trainer:
             return
         self.run.write_torch(rundir.CHECKPOINT, {
             "version": rundir.CHECKPOINT_VERSION, "epoch": epochs_done, "config": self.config.to_dict(),
-            "model": self.model.state_dict(), "extras": self.extras.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "method": method_states,
+            **self.student.state_dict(), "method": method_states,
             "networks": {net.role: net.state_dict() for net in self.nets[1:]},
             "history": self.history, "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "wall_seconds": self.previous_wall + time.perf_counter() - wall_start, "last_eval": self.last_eval,
@@ -744,11 +743,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _to_device(obj: Any, device: torch.device | str) -> Any:
