@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import cli_main, run_cli
 from selfdistill import cli
@@ -125,7 +126,8 @@ def test_train_on_real_bundled_images_then_refuse_to_overwrite(tmp_path, capsys)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seed"] == 3 and metrics["method"] == "dlb" and metrics["test_top1"] > 15  # chance: 10%
     assert stdout.startswith(f"selfdistill: training into {out} | dlb on fashion-mnist-mini with cnn (94,186 "
-                             "parameters) | 1,000 train / 2,000 test images | 16 steps/epoch x 1 epochs | cpu")
+                             "parameters) | 1,000 train / 2,000 test images | 16 steps/epoch x 1 epochs | "
+                             + ("cuda:0" if torch.cuda.is_available() else "cpu"))  # device auto
     assert f"done: test top-1 {metrics['test_top1']:.2f}%" in stdout
     before = (out / "metrics.json").read_bytes()
     code, _, err = cli_main(capsys, "train", "--method", "dlb", "--epochs", "1", "--out", str(out), *TINY)

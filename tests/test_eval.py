@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "mlp"
     config = resolve([{"model": {"name": "mlp"}, "schedule": {"name": "constant"},
                        "data": {"dataset": "fashion-mnist-mini", "train_subset": 500, "eval_batch_size": 1000},
-                       "train": {"epochs": 1, "progress": False, "threads": 1}}])
+                       "train": {"epochs": 1, "progress": False, "threads": 1, "device": "cpu"}}])  # as eval below
     metrics = train(config, out)
     write_model_card(out / "model.pt", card_for(out / "model.pt"))
     return out, metrics

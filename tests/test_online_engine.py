@@ -85,7 +85,7 @@ def test_two_networks_train_together_and_each_is_reported_and_saved(tmp_path, mo
 
 def test_the_ensemble_and_pair_figures_are_those_of_the_saved_networks(tmp_path, monkeypatch):
     online(monkeypatch, Mutual())
-    trainer = Trainer(small_config(train={"epochs": 1}), tmp_path / "run")
+    trainer = Trainer(small_config(train={"epochs": 1, "device": "cpu"}), tmp_path / "run")  # fp32, as below
     metrics = trainer.fit()
     d = trainer.data
     x = trainer.augment.eval(d.test_images)
@@ -111,7 +111,7 @@ def test_a_networks_terms_reach_only_its_own_parameters(monkeypatch):
     idx = torch.arange(16)
     batch = trainer.method.extend(trainer_module.Batch.new(trainer.data.train_images[idx],
                                                            trainer.data.train_labels[idx], idx))
-    batch.inputs = trainer._inputs(batch, torch.Generator().manual_seed(0))
+    batch.inputs = trainer._inputs(batch, torch.Generator(trainer.device).manual_seed(0))
     for owner in ("student", "peer1"):
         outs = [net(batch.inputs, None) for net in trainer.nets]
         out = trainer_module.Outputs(outs[0].logits, {}, {"peer1": outs[1]})
@@ -221,7 +221,7 @@ def test_each_networks_terms_of_every_online_method_reach_only_that_network(meth
     teachers = [frozen_teacher] if method["name"] == "sokd" else []
     trainer = Trainer(small_config(method=method, teachers=teachers))
     idx = torch.arange(16)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(trainer.device).manual_seed(0)
     roles = [net.role for net in trainer.nets]
     for step in range(2):  # the second step has DLB's replayed rows
         batch = trainer.method.extend(trainer_module.Batch.new(trainer.data.train_images[idx],

@@ -14,7 +14,7 @@ from selfdistill.errors import UserError
 from selfdistill.evaluation import evaluate_saved_model, format_eval
 from selfdistill.report import build_report, find_runs, markdown_table, summarize
 
-ONE_EPOCH = {"epochs": 1, "progress": False, "threads": 1}
+ONE_EPOCH = {"epochs": 1, "progress": False, "threads": 1, "device": "cpu"}  # eval below runs on the CPU too
 DML = {"name": "dml", "peers": ["cnn"]}  # a peer of another architecture than the student's mlp
 RUNS = {"dml-s0": (DML, 0, {}), "dml-s1": (DML, 1, {}), "switokd": ({"name": "switokd", "teacher_model": "mlp"}, 0, {}),
         "ce": ({"name": "ce"}, 0, {}), "dml-val": (DML, 0, {"data": {**SMALL_SYNTHETIC, "validation_split": 32}})}

@@ -1,6 +1,6 @@
-"""Whole processes: DDP under torchrun and under `selfdistill train --nproc` (2 processes, gloo), and what
-a distributed run does with bad input and with a process that stops. (Kills and resumes of single
-runs are in test_nothing_lost.py.)"""
+"""Whole processes: DDP under torchrun and under `selfdistill train --nproc` (2 processes, gloo, on the CPU
+also where there is a GPU: two processes would need two GPUs), and what a distributed run does with bad
+input and with a process that stops. (Kills and resumes of single runs are in test_nothing_lost.py.)"""
 
 import contextlib
 import json
@@ -21,7 +21,8 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 def test_torchrun_two_processes_shard_data_and_reduce_metrics(tmp_path):
     out = tmp_path / "ddp"
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "selfdistill", "train", "--method", "dlb",
-           "--epochs", "2", "--batch-size", "64", "--out", str(out), "--set", "data.train_subset=1000"]
+           "--device", "cpu", "--epochs", "2", "--batch-size", "64", "--out", str(out),
+           "--set", "data.train_subset=1000"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -38,7 +39,7 @@ def test_torchrun_two_processes_shard_data_and_reduce_metrics(tmp_path):
 def test_torchrun_gathers_per_sample_memory_and_trains_heads(tmp_path):
     out = tmp_path / "ddp"
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "selfdistill", "train", "--method", "drg+ps_kd",
-           "--epochs", "1", "--out", str(out), "--set", "data.train_subset=400"]
+           "--device", "cpu", "--epochs", "1", "--out", str(out), "--set", "data.train_subset=400"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     state = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -49,8 +50,8 @@ def test_torchrun_gathers_per_sample_memory_and_trains_heads(tmp_path):
         "extra_parameters"] > 0
 
 
-SYNTH = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--set", "train.tensorboard=false",
-         "--set", "data.synthetic={train_size: 64, test_size: 32, size: 8}"]
+SYNTH = ["--device", "cpu", "--dataset", "synthetic", "--model", "mlp", "--batch-size", "16",
+         "--set", "train.tensorboard=false", "--set", "data.synthetic={train_size: 64, test_size: 32, size: 8}"]
 
 
 def test_bad_input_under_torchrun_is_printed_once_by_rank_0(tmp_path):

@@ -259,7 +259,8 @@ def test_bad_threads_on_the_command_line_exit_2_in_one_line(capsys, args):
     assert code == 2 and len(err) == 1 and "train.threads" in err[0]
 
 
-TINY = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--set", "train.progress=false",
+TINY = ["--device", "cpu",  # the CPU's thread count is what these tests are about, also on a machine with a GPU
+        "--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--set", "train.progress=false",
         "--set", "data.synthetic={train_size: 32, test_size: 16, size: 8}", "--set", "train.tensorboard=false",
         "--set", "schedule.name=constant"]
 

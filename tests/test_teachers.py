@@ -33,7 +33,8 @@ DATA = ["--dataset", "synthetic", "--batch-size", "16", "--set", "data.synthetic
         "size: 12}", "--set", "data.eval_batch_size=64", "--set", "train.tensorboard=false"]
 TINY = [*DATA, "--model", "mlp", "--epochs", "1"]
 SHAPE = DataShape(10, 1, 12, [0.5], [0.25])  # classes, channels, side, mean, std
-FAST = {"progress": False, "tensorboard": False, "threads": 1}  # one thread: the machine's cores are shared
+# one thread: the machine's cores are shared; on the CPU, as the reference computations below (a CUDA run is bf16)
+FAST = {"progress": False, "tensorboard": False, "threads": 1, "device": "cpu"}
 
 
 class Probe(Method):
@@ -348,7 +349,7 @@ def test_an_unfinished_runs_checkpoint_serves_as_its_message_says(mlp_teacher, t
     (run / "model.json").unlink()  # no card: the checkpoint's config or the :ARCH says the architecture
     teacher = load_teacher(parse_teacher(f"{run}/{given}", "t"), SHAPE)
     file, _, _ = given.partition(":")
-    state = torch.load(run / file, weights_only=True)
+    state = torch.load(run / file, map_location="cpu", weights_only=True)
     state = state["model"] if "model" in state else state
     assert teacher.source.model == "mlp" and teacher.input_map is None
     assert all(torch.equal(teacher.net.state_dict()[k], v) for k, v in state.items())

@@ -669,7 +669,8 @@ class Trainer:
         d, cfg = self.data, self.config
         for net in self.nets:
             weights, card_name = rundir.network_files(net.role)
-            self.run.write_torch(weights, net.model.state_dict())
+            # saved from the CPU: a plain torch.load opens it also on a machine without the GPU it trained on
+            self.run.write_torch(weights, _to_device(net.model.state_dict(), "cpu"))
             path = self.run.path / weights
             card = ModelCard(model=net.arch, num_classes=d.num_classes, in_channels=d.in_channels,
                              image_size=self.image_size, pad_to=cfg.data.pad_to, mean=list(d.mean), std=list(d.std),
