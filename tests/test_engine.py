@@ -130,10 +130,22 @@ def test_two_forward_dlb_trains():
     assert metrics["test_top1"] > 40
 
 
-def test_torch_compile_trains_like_eager():
-    eager = train(small_config(method={"name": "dlb"}))
-    compiled = train(small_config(method={"name": "dlb"}, train={"epochs": 2, "compile": True, "progress": False}))
-    assert abs(compiled["test_top1"] - eager["test_top1"]) <= 100 * 2 / 64  # at most 2 of 64 test images differ
+def test_torch_compile_trains_like_eager_within_float_tolerance():
+    """``train.compile`` changes how the arithmetic is grouped, never what is computed: after an epoch of DLB
+    (conv, batch norm, replayed rows) the weights, losses and test figures agree with eager to float rounding."""
+    runs = {}
+    for compiled in (False, True):
+        trainer = Trainer(small_config(method={"name": "dlb"}, model={"name": "cnn"},
+                                       train={"epochs": 1, "compile": compiled, "progress": False}))
+        runs[compiled] = (trainer.fit(), trainer.history[-1], trainer.model.state_dict())
+    (eager, eager_log, eager_w), (comp, comp_log, comp_w) = runs[False], runs[True]
+    assert eager_w.keys() == comp_w.keys()
+    for key in eager_w:
+        assert torch.allclose(eager_w[key].float(), comp_w[key].float(), rtol=1e-4, atol=1e-5), key
+    for term in ("ce", "dlb_kl"):
+        assert comp_log[term] == pytest.approx(eager_log[term], rel=1e-4)
+    assert comp["test_nll"] == pytest.approx(eager["test_nll"], rel=1e-4)
+    assert abs(comp["test_top1"] - eager["test_top1"]) <= 100 * 1 / 64  # a near-tie may flip one image
 
 
 def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(capsys):
