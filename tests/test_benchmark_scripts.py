@@ -125,3 +125,64 @@ def test_online_table_pairs_each_network_with_the_ce_of_its_architecture(tmp_pat
     sokd = json.loads((tmp_path / "cnn" / "noise0" / "sokd" / "seed0" / "metrics.json").read_text())
     assert sokd["teachers"][0]["path"] == str(tmp_path / "resnet8" / "noise0" / "ce" / "seed0")  # same seed's CE
     assert "| student (cnn) |" in table and "| teacher/peer (resnet8) |" in table and figure.stat().st_size > 0
+
+
+def test_gpu_throughput_cases_cover_the_checklist_once_each_most_wanted_first():
+    sys.path.insert(0, str(BENCH))
+    from gpu_throughput import cases
+
+    todo = cases(["resnet18", "resnet20"], [128, 256], 64)
+    assert len(set(todo)) == len(todo)
+    precision = {(m, model, b, v) for m in ("ce", "dlb") for model in ("resnet18", "resnet20") for b in (128, 256)
+                 for v in ("fp32", "bf16", "bf16+cl")}
+    others = {(m, model, b, "bf16+cl") for m in ("kd", "dml") for model in ("resnet18", "resnet20") for b in (128, 256)}
+    compiled = {(m, model, 256, "bf16+cl+compile") for m in ("ce", "dlb") for model in ("resnet18", "resnet20")}
+    recipe = {(m, "resnet18", 64, "bf16+cl") for m in ("ce", "dlb")}
+    assert set(todo) == precision | others | compiled | recipe
+    # the first model's precision variants and the recipe batch come before anything of the second model
+    first_other = min(k for k, case in enumerate(todo) if case[1] == "resnet20")
+    assert set(todo[:first_other]) == {c for c in precision if c[1] == "resnet18"} | recipe
+    assert max(todo.index(c) for c in compiled) < min(todo.index(c) for c in others if c[2] == 128)
+
+
+def test_gpu_throughput_writes_a_json_line_per_case_and_stops_at_its_deadline(tmp_path):
+    out = tmp_path / "t.jsonl"
+    common = ["--device", "cpu", "--dataset", "fashion-mnist-mini", "--models", "mlp", "--batches", "16",
+              "--recipe-batch", "8", "--steps", "1", "--repeats", "1", "--out", str(out)]
+    result = run("gpu_throughput.py", *common, "--only", "1,4,7")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["method"], r["batch_size"], r["variant"]) for r in rows] == [("ce", 16, "fp32"), ("dlb", 16, "fp32"),
+                                                                            ("ce", 8, "bf16+cl")]
+    assert [r["rows_per_step"] for r in rows] == [16, 32, 8]  # DLB's replayed half counted
+    assert rows[2]["amp"] and rows[2]["channels_last"] and rows[0]["peak_memory_mib"] is None  # no GPU here
+    assert result.stdout.splitlines()[-1].split()[:4] == ["ce", "mlp", "8", "bf16+cl"]  # the table's last row
+    late = run("gpu_throughput.py", *common, "--deadline-s", "0")
+    assert late.returncode == 0 and "deadline: 12 case(s) not run, from #1" in late.stdout
+    assert len(out.read_text().splitlines()) == 3  # nothing added
+
+
+def test_gpu_paper_regime_plans_to_its_budget_and_scales_the_step_schedule(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import argparse
+
+    from gpu_paper_regime import plan
+
+    rates = tmp_path / "rates.jsonl"
+    rates.write_text("\n".join(json.dumps({"method": m, "model": "resnet18", "batch_size": 64, "variant": "bf16+cl",
+                                           "train_images_per_s": speed, "rows_per_step": rows})
+                               for m, speed, rows in (("ce", 6000.0, 64), ("dlb", 10000.0, 128))))
+    args = argparse.Namespace(throughput=str(rates), model="resnet18", batch_size=64, overhead=1.0, contention=0.5,
+                              epochs=60, seeds=[0, 1, 2], noise=[0.0])
+    epoch_s = 60000 / 5000  # DLB, the slower: 5,000 new images/s
+    for budget, expected in ((60 * epoch_s * 2.0, (60, [0, 1, 2])), (60 * epoch_s * 1.5, (60, [0, 1])),
+                             (60 * epoch_s, (60, [0])), (30 * epoch_s, (30, [0]))):
+        args.budget_s = budget
+        assert plan(args) == expected, budget
+    result = run("gpu_paper_regime.py", "--dataset", "fashion-mnist-mini", "--model", "mlp", "--train-subset", "200",
+                 "--epochs", "4", "--seeds", "0", "--eval-every", "2", "--out", str(tmp_path / "regime"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = (tmp_path / "regime" / "summary.md").read_text()
+    assert "| mlp | 0 | ce | 4 |" in summary and "| mlp | 0 | dlb | 4 |" in summary
+    config = (tmp_path / "regime" / "mlp" / "noise0" / "dlb" / "seed0" / "config.yaml").read_text()
+    assert "milestones:\n  - 2\n  - 3\n" in config and "temperature: 3.0" in config and "nesterov: true" in config
