@@ -186,3 +186,14 @@ def test_gpu_paper_regime_plans_to_its_budget_and_scales_the_step_schedule(tmp_p
     assert "| mlp | 0 | ce | 4 |" in summary and "| mlp | 0 | dlb | 4 |" in summary
     config = (tmp_path / "regime" / "mlp" / "noise0" / "dlb" / "seed0" / "config.yaml").read_text()
     assert "milestones:\n  - 2\n  - 3\n" in config and "temperature: 3.0" in config and "nesterov: true" in config
+
+
+def test_teacher_inference_times_the_three_ways_and_checks_they_agree():
+    result = run("teacher_inference.py", "--models", "cnn", "--channels", "1", "--size", "12", "--batch-size", "4",
+                 "--steps", "1", "--repeats", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    for way in ("engine (channels_last, inference_mode)", "batch norms folded", "torch.compile"):
+        assert any(line.startswith("cnn") and way in line and "ratio" in line for line in lines), way
+    gaps = [float(line.split("difference|")[1]) for line in lines if "max |logit difference|" in line]
+    assert len(gaps) == 3 and max(gaps) < 1e-4

@@ -164,8 +164,9 @@ class Trainer:
         others = self._build_networks(setup)
         setup.networks = {role: module for role, (_, module) in others.items()}
         self.method.setup(setup)
-        for teacher, paths in zip(self.teachers, self.method.teacher_taps()):
-            teacher.tap(paths)
+        taps = self.method.teacher_taps()
+        for k, teacher in enumerate(self.teachers):  # every teacher, tapped or not
+            teacher.prepare(taps[k] if k < len(taps) else ())
         self.teacher_eval: TeacherPredictions | None = None  # the teachers' test predictions, made once
         self.extras = self.precision.model(nn.ModuleDict(self.method.modules())).to(self.device)
         self.train_labels_cpu = d.train_labels.cpu()
