@@ -197,3 +197,11 @@ def test_teacher_inference_times_the_three_ways_and_checks_they_agree():
         assert any(line.startswith("cnn") and way in line and "ratio" in line for line in lines), way
     gaps = [float(line.split("difference|")[1]) for line in lines if "max |logit difference|" in line]
     assert len(gaps) == 3 and max(gaps) < 1e-4
+
+
+def test_cpu_compile_times_a_compiled_student_against_eager():
+    result = run("cpu_compile.py", "--dataset", "fashion-mnist-mini", "--images", "128", "--batch-size", "32",
+                 "--models", "mlp", "--methods", "ce", "--repeats", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    last = result.stdout.splitlines()[-1].split()
+    assert last[:2] == ["mlp", "ce"] and len(last) == 6 and float(last[4]) > 0  # speed-up column
