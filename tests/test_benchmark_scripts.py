@@ -28,7 +28,7 @@ def test_selfkd_table_runs_a_two_stage_grid_and_writes_the_table(tmp_path):
 
 
 def test_timing_scripts_report_a_ratio():
-    for script in ("engine_overhead.py", "dlb_cost.py"):
+    for script in ("engine_overhead.py", "dlb_cost.py", "mix_cost.py"):
         result = run(script, "--dataset", "fashion-mnist-mini", "--images", "400", "--repeats", "1")
         assert result.returncode == 0, result.stderr[-2000:]
         assert "ratio" in result.stdout.splitlines()[-1]
