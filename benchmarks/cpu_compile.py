@@ -17,26 +17,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser
+from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
 
-from selfdistill.config import resolve
-from selfdistill.engine import Trainer
 from selfdistill.models import build_model
-
-
-def trainer(method: str, model: str, compiled: bool, args, data, teachers: list[dict]) -> Trainer:
-    config = resolve([{"method": {"name": method}, "model": {"name": model}, "teachers": teachers,
-                       "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
-                       "schedule": {"name": "constant"},
-                       "train": {"epochs": 100, "threads": args.threads, "progress": False, "status_every": 0,
-                                 "compile": compiled}}])
-    return Trainer(config, dataset=data)
 
 
 def time_case(method: str, model: str, args, data, teachers: list[dict]) -> tuple[float, float, float]:
     """(eager images/s, compiled images/s, extra seconds of the compiled warm-up epoch)."""
-    trainers = {name: trainer(method, model, name == "compiled", args, data, teachers)
-                for name in ("eager", "compiled")}
+    trainers = {name: timing_trainer(args, data, method={"name": method}, model={"name": model}, teachers=teachers,
+                                     train={"compile": name == "compiled"}) for name in ("eager", "compiled")}
     seconds: dict[str, list[float]] = {name: [] for name in trainers}
     for rep in range(args.repeats + 1):  # round 0 warms up and compiles
         for name, t in trainers.items():

@@ -12,22 +12,10 @@ is re-augmenting the replayed rows, one KL over them and keeping one batch of lo
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser
-
-from selfdistill.config import resolve
-from selfdistill.engine import Trainer
-
-
-def trainer_for(method: str, batch_size: int, args: argparse.Namespace, data) -> Trainer:
-    config = resolve([{"method": {"name": method}, "model": {"name": args.model},
-                       "data": {"dataset": args.dataset, "batch_size": batch_size, "train_subset": args.images},
-                       "schedule": {"name": "constant"},
-                       "train": {"epochs": 100, "threads": args.threads, "progress": False}}])
-    return Trainer(config, dataset=data)
+from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
 
 
 def main() -> None:
@@ -35,8 +23,9 @@ def main() -> None:
     parser.add_argument("--model", default="cnn")
     args = parse_timing_args(parser)
     data = timing_data(args)
-    ce = trainer_for("ce", 2 * args.batch_size, args, data)
-    dlb = trainer_for("dlb", args.batch_size, args, data)
+    ce = timing_trainer(args, data, method={"name": "ce"}, model={"name": args.model},
+                        data={"batch_size": 2 * args.batch_size})
+    dlb = timing_trainer(args, data, method={"name": "dlb"}, model={"name": args.model})
     rates: dict[str, list[float]] = {"ce": [], "dlb": []}
     for rep in range(args.repeats + 1):  # round 0 warms up
         for name, trainer in (("ce", ce), ("dlb", dlb)):

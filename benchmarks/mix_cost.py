@@ -12,25 +12,12 @@ a batch with probability 0.5, mixup on every batch).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser
-
-from selfdistill.config import resolve
-from selfdistill.engine import Trainer
+from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
 
 MIXES = ("none", "mixup", "cutmix")
-
-
-def trainer_for(mix: str, args: argparse.Namespace, data) -> Trainer:
-    config = resolve([{"model": {"name": args.model},
-                       "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images,
-                                "mix": {"name": mix}},
-                       "schedule": {"name": "constant"},
-                       "train": {"epochs": 100, "threads": args.threads, "progress": False}}])
-    return Trainer(config, dataset=data)
 
 
 def main() -> None:
@@ -38,7 +25,8 @@ def main() -> None:
     parser.add_argument("--model", default="cnn")
     args = parse_timing_args(parser)
     data = timing_data(args)
-    trainers = {mix: trainer_for(mix, args, data) for mix in MIXES}
+    trainers = {mix: timing_trainer(args, data, model={"name": args.model}, data={"mix": {"name": mix}})
+                for mix in MIXES}
     rates: dict[str, list[float]] = {mix: [] for mix in MIXES}
     for rep in range(args.repeats + 1):  # round 0 warms up
         now = {}

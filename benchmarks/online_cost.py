@@ -20,23 +20,13 @@ one warm-up round, then ``--repeats`` rounds in which every side runs one epoch 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser
+from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
 
 import selfdistill.methods.switokd as switokd
-from selfdistill.config import resolve
 from selfdistill.engine import Trainer
-
-
-def trainer_for(method: dict, model: str, args: argparse.Namespace, data) -> Trainer:
-    config = resolve([{"method": method, "model": {"name": model},
-                       "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
-                       "schedule": {"name": "constant"},
-                       "train": {"epochs": 100, "threads": args.threads, "progress": False, "status_every": 0}}])
-    return Trainer(config, dataset=data)
 
 
 def forced_epoch(trainer: Trainer, epoch: int, expert: bool):
@@ -57,10 +47,11 @@ def main() -> None:
     parser.add_argument("--peer", default="cnn", help="network B: DML's peer and SwitOKD's online teacher")
     args = parse_timing_args(parser)
     data = timing_data(args)
-    ce_a = trainer_for({"name": "ce"}, args.student, args, data)
-    ce_b = trainer_for({"name": "ce"}, args.peer, args, data)
-    dml = trainer_for({"name": "dml", "peers": [args.peer]}, args.student, args, data)
-    swit = trainer_for({"name": "switokd", "teacher_model": args.peer}, args.student, args, data)
+    ce_a = timing_trainer(args, data, method={"name": "ce"}, model={"name": args.student})
+    ce_b = timing_trainer(args, data, method={"name": "ce"}, model={"name": args.peer})
+    student = {"name": args.student}
+    dml = timing_trainer(args, data, method={"name": "dml", "peers": [args.peer]}, model=student)
+    swit = timing_trainer(args, data, method={"name": "switokd", "teacher_model": args.peer}, model=student)
     sides = {"ce A": ce_a.train_epoch, "ce B": ce_b.train_epoch, "dml": dml.train_epoch,
              "switokd expert": lambda rep: forced_epoch(swit, rep, True),
              "switokd learning": lambda rep: forced_epoch(swit, rep, False)}

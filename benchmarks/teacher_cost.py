@@ -21,27 +21,17 @@ teacher's weights are its random init (saved to a temporary weights file and giv
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser
+from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
 
-from selfdistill.config import resolve
 from selfdistill.engine import Trainer
 from selfdistill.engine.runtime import derive_seed
 from selfdistill.models import build_model
-
-
-def trainer_for(method: str, args: argparse.Namespace, data, teachers: list[dict]) -> Trainer:
-    config = resolve([{"method": {"name": method}, "model": {"name": args.student}, "teachers": teachers,
-                       "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
-                       "schedule": {"name": "constant"},
-                       "train": {"epochs": 100, "threads": args.threads, "progress": False, "status_every": 0}}])
-    return Trainer(config, dataset=data)
 
 
 def teacher_epoch(trainer: Trainer, epoch: int) -> float:
@@ -73,8 +63,9 @@ def main() -> None:
         weights = Path(tmp) / "teacher.pt"
         torch.manual_seed(1)
         torch.save(build_model(args.teacher, data.num_classes, data.in_channels, data.image_size).state_dict(), weights)
-        ce = trainer_for("ce", args, data, [])
-        kd = trainer_for(args.method, args, data, [{"path": str(weights), "model": args.teacher}])
+        ce = timing_trainer(args, data, method={"name": "ce"}, model={"name": args.student})
+        kd = timing_trainer(args, data, method={"name": args.method}, model={"name": args.student},
+                            teachers=[{"path": str(weights), "model": args.teacher}])
         seconds: dict[str, list[float]] = {"ce": [], "teacher": [], "kd": []}
         for rep in range(args.repeats + 1):  # round 0 warms up
             ce_result = ce.train_epoch(rep)

@@ -1,13 +1,15 @@
-"""What the speed benchmarks share: their common options, and the in-memory data they time on."""
+"""What the speed benchmarks share: their common options, the in-memory data they time on, and the trainer."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
 from selfdistill.config import resolve
 from selfdistill.data import ImageDataset, load_dataset
+from selfdistill.engine import Trainer
 from selfdistill.errors import UserError
 
 
@@ -40,3 +42,12 @@ def timing_data(args: argparse.Namespace) -> ImageDataset:
         args.dataset, args.images = "fashion-mnist-mini", min(args.images, 6000)
         subset = args.images if args.images < 6000 else None
         return load_dataset(resolve([{"data": {"dataset": args.dataset, "train_subset": subset}}]).data)
+
+
+def timing_trainer(args: argparse.Namespace, images: ImageDataset, /, **sections: Any) -> Trainer:
+    """A trainer on ``images`` for timing epochs: ``args``' dataset, batch size, subset and threads, a constant
+    learning rate, no progress output; ``sections`` (method, model, teachers, data, train ...) override."""
+    base = {"data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
+            "schedule": {"name": "constant"},
+            "train": {"epochs": 100, "threads": args.threads, "progress": False, "status_every": 0}}
+    return Trainer(resolve([base, sections]), dataset=images)

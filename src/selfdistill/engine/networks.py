@@ -95,8 +95,7 @@ class FrozenNetwork:
         SOKD's branch does): fold its batch norms into their convolutions where no tap of ``paths`` (the
         method's ``teacher_taps``) would see the difference (:mod:`~selfdistill.models.fold`), record those
         features in every step, and compile it when ``train.compile``."""
-        self.folded = fold_batch_norms(self.module, paths)
-        self.module.to(memory_format=torch.channels_last)  # the new biases; the folded weights kept their layout
+        self.folded = fold_batch_norms(self.module, paths)  # in place: the weights keep their channels_last layout
         self.taps = FeatureTaps(self.module, list(paths)) if paths else None
         self._call = torch.compile(self.module) if self._compile else self.module
 

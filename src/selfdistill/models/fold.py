@@ -86,6 +86,6 @@ def fold_batch_norms(model: nn.Module, tapped: Collection[str] = ()) -> list[str
         else:
             conv.bias.copy_(bias.to(conv.bias.dtype))
         parent_path, _, name = bn_path.rpartition(".")
-        setattr(model.get_submodule(parent_path), name, nn.Identity().train(bn.training))  # eval, as it was
+        setattr(model.get_submodule(parent_path), name, nn.Identity().eval())  # in eval mode, as the batch norm was
         folded.append(bn_path)
     return folded
