@@ -83,6 +83,26 @@ def test_nproc_trains_like_torchrun(tmp_path):
     assert result.stdout.count("epoch 2/2 |") == 1
 
 
+def test_a_finished_distributed_run_leaves_no_process_group_threads(tmp_path):
+    """Each rank's gloo threads are stopped when the run ends, not left running into interpreter exit (where
+    they aborted a rank now and then): nothing may keep the process group alive past its destruction."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import os, pathlib, sys\n"
+        "from selfdistill.cli import main\n"
+        "code = main(sys.argv[2:])\n"
+        "threads = sorted(open(f'/proc/self/task/{t}/comm').read().strip() for t in os.listdir('/proc/self/task'))\n"
+        "pathlib.Path(sys.argv[1], 'rank' + os.environ['RANK']).write_text(f'{code} {threads}')\n"
+        "sys.exit(code)\n")
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", str(driver), str(tmp_path), "train", *SYNTH,
+           "--epochs", "1", "--method", "dml", "--set", "method.peers=[mlp]", "--out", str(tmp_path / "run")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = [(tmp_path / f"rank{rank}").read_text() for rank in (0, 1)]
+    assert all(report.split()[0] == "0" for report in reports), reports  # each rank's main() returned 0
+    assert not any("gloo" in report for report in reports), reports
+
+
 def _children(pid: int) -> dict[int, int]:
     """rank -> pid of the worker processes started by the launcher ``pid``."""
     out = {}

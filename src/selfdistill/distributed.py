@@ -45,10 +45,17 @@ def init_distributed(device_type: str, timeout_s: float = 600.0) -> Dist:
     """Join the torchrun process group if there is one; a no-op for a single process.
 
     ``timeout_s`` bounds every wait for the other processes (gloo's default is 30 minutes): a process
-    that stops or hangs makes the others fail with :class:`PeerFailure` after that long."""
+    that stops or hangs makes the others fail with :class:`PeerFailure` after that long.
+
+    ``torch._dynamo`` is imported first. DistributedDataParallel imports it on first use; imported after
+    the group exists, it keeps ten references to the group (torch 2.13), so ``destroy_process_group``
+    leaves gloo's threads running into interpreter exit: the likely cause of a rank aborted there now and
+    then ("terminate called without an active exception"; twice in CI, never reproduced on demand)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    import torch._dynamo  # noqa: F401  (before the group: see above)
+
     if not dist.is_initialized():
         try:
             dist.init_process_group("nccl" if device_type == "cuda" else "gloo",
@@ -120,9 +127,8 @@ def any_rank(flag: bool, ctx: Dist, device: torch.device) -> bool:
 
 
 def leave_together(ctx: Dist) -> None:
-    """A finished run's processes wait for each other before tearing the process group down: a rank that
-    destroyed its gloo group and exited while rank 0 still wrote the final outputs was aborted at exit
-    ("terminate called without an active exception") about one run in ten on this CPU."""
+    """A finished run's processes wait for each other before tearing the process group down, so that no rank
+    destroys its end of the group while rank 0 still writes the final outputs."""
     if ctx.enabled and dist.is_initialized():
         dist.barrier()
 
