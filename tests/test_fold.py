@@ -85,7 +85,7 @@ def test_what_a_fold_would_change_is_left_alone():
 def test_taps_see_the_values_they_saw_before_folding():
     model = randomised(build_model("resnet20", 10, 3, 32))
     x = torch.randn(2, 3, 32, 32)
-    paths = ["layer1.0.conv1", "layer1.0.bn1", "layer2", "layer3.2.conv2"]
+    paths = ["layer1.0.conv1", "layer1.0.bn1", "layer2", "layer3.2.conv2", "layer3.0.bn1:input", "layer3.1:input"]
     reference = FeatureTaps(model, paths)
     with torch.no_grad(), reference.record():
         model(x)
@@ -93,6 +93,8 @@ def test_taps_see_the_values_they_saw_before_folding():
     reference.remove()
     folded = fold_batch_norms(model, paths)
     assert "layer1.0.bn1" not in folded and "layer3.2.bn2" not in folded  # their convolutions are tapped
+    assert "layer3.0.bn1" not in folded  # its input, the raw convolution output, is tapped
+    assert "layer3.1.bn1" in folded  # a block's input is what came before its first convolution
     assert "layer2.0.bn1" in folded  # inside a tapped stage that holds both
     taps = FeatureTaps(model, paths)
     with torch.no_grad(), taps.record():

@@ -16,9 +16,11 @@ The pairs are found by tracing the network with ``torch.fx``. A pair is folded o
 - the convolution's output feeds the batch norm alone;
 - each module is called once per forward;
 - the batch norm uses running statistics and is in eval mode;
-- no tapped module could output the convolution's output unfolded: a tap on the convolution, or on a module
-  holding the convolution but not the batch norm, keeps the pair as it is (a tap on a module holding both, or
-  on the batch norm alone, still sees the values it saw before).
+- no tap could see the convolution's output unfolded. A pair is kept as it is under a tap on the output of
+  the convolution or of a module holding the convolution but not the batch norm, and under a tap on the
+  input (``path:input``) of the batch norm or of a module holding the batch norm but not the convolution. A
+  tap on a module holding both, on the batch norm's output, or on the convolution's input still sees the
+  values it saw before.
 
 The network is changed in place, so its module tree keeps its paths: the convolution keeps its object (and its
 hooks), gets the folded weights and a bias, and the batch norm's place holds an ``nn.Identity``. A tap on the
@@ -39,9 +41,17 @@ def _inside(path: str, module: str) -> bool:
     return module == "" or path == module or path.startswith(module + ".")
 
 
+def _sees_unfolded(conv: str, bn: str, tap: str) -> bool:
+    """Whether the tap ``tap`` (``path`` or ``path:input``) could record ``conv``'s output before ``bn``."""
+    module, _, kind = tap.partition(":")
+    if kind == "input":
+        return _inside(bn, module) and not _inside(conv, module)
+    return _inside(conv, module) and not _inside(bn, module)
+
+
 def foldable_pairs(model: nn.Module, tapped: Collection[str] = ()) -> list[tuple[str, str]]:
-    """The (convolution path, batch-norm path) pairs :func:`fold_batch_norms` would fold; ``tapped``: the paths
-    of modules whose outputs are recorded."""
+    """The (convolution path, batch-norm path) pairs :func:`fold_batch_norms` would fold; ``tapped``: the tap
+    paths (``path`` or ``path:input``) whose values are recorded."""
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # control flow or calls fx cannot follow: fold nothing
@@ -60,7 +70,7 @@ def foldable_pairs(model: nn.Module, tapped: Collection[str] = ()) -> list[tuple
         if not (isinstance(source, torch.fx.Node) and source.op == "call_module"
                 and isinstance(modules.get(source.target), nn.Conv2d)):
             continue
-        straddled = any(_inside(source.target, t) and not _inside(node.target, t) for t in tapped)
+        straddled = any(_sees_unfolded(source.target, node.target, t) for t in tapped)
         if len(source.users) == 1 and calls[source.target] == calls[node.target] == 1 and not straddled:
             pairs.append((source.target, node.target))
     return pairs
