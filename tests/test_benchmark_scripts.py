@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (on tiny settings), so they cannot rot unnoticed."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -34,8 +35,8 @@ def test_timing_scripts_report_a_ratio():
         assert "ratio" in result.stdout.splitlines()[-1]
 
 
-def test_table_labels_validation_figures_as_such(tmp_path):
-    sys.path.insert(0, str(BENCH))
+def test_table_labels_validation_figures_as_such(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
     from grid import Grid, table
 
     grid = Grid(tmp_path, ["cnn"], [0.0], [0], [], epochs=1)
@@ -67,8 +68,8 @@ def test_kd_table_distils_from_the_teacher_of_each_kind(tmp_path):
         assert metrics["teachers"][0]["path"] == str(tmp_path / "cnn" / "noise0" / teacher / "seed0")
 
 
-def test_kd_table_gives_ca_mkd_the_next_seeds_teachers_in_turn(tmp_path):
-    sys.path.insert(0, str(BENCH))
+def test_kd_table_gives_ca_mkd_the_next_seeds_teachers_in_turn(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
     from grid import Grid, Variant
     from kd_table import student_variants, teacher_seeds
 
@@ -127,8 +128,8 @@ def test_online_table_pairs_each_network_with_the_ce_of_its_architecture(tmp_pat
     assert "| student (cnn) |" in table and "| teacher/peer (resnet8) |" in table and figure.stat().st_size > 0
 
 
-def test_gpu_throughput_cases_cover_the_checklist_once_each_most_wanted_first():
-    sys.path.insert(0, str(BENCH))
+def test_gpu_throughput_cases_cover_the_checklist_once_each_most_wanted_first(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
     from gpu_throughput import cases
 
     todo = cases(["resnet18", "resnet20"], [128, 256], 64)
@@ -162,9 +163,8 @@ def test_gpu_throughput_writes_a_json_line_per_case_and_stops_at_its_deadline(tm
     assert len(out.read_text().splitlines()) == 3  # nothing added
 
 
-def test_gpu_paper_regime_plans_to_its_budget_and_scales_the_step_schedule(tmp_path):
-    sys.path.insert(0, str(BENCH))
-    import argparse
+def test_gpu_paper_regime_plans_to_its_budget_and_scales_the_step_schedule(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
 
     from gpu_paper_regime import plan
 

@@ -105,9 +105,8 @@ def test_in_place_blocks_give_bit_identical_logits_gradients_and_statistics(name
         assert torch.equal(model.eval()(x), reference.eval()(x))
 
 
-def all_paths(model: nn.Module) -> list[str]:
-    names = [name for name, _ in model.named_modules() if name]
-    return names + [f"{name}:input" for name in names]
+def module_paths(model: nn.Module) -> list[str]:
+    return [path for path, _ in model.named_modules() if path]
 
 
 class BareTaps:
@@ -135,7 +134,7 @@ def test_every_tap_sees_what_its_module_gave_as_without_in_place_ops(name):
     copied feature's gradient is summed in another order, which fp32 cancellation would blur."""
     model = make(name).double().train()
     reference = out_of_place(model)
-    paths = [name for name, _ in model.named_modules() if name]
+    paths = module_paths(model)
     paths += [f"{path}:input" for path in paths]
     taps, bare = FeatureTaps(model, paths), BareTaps(reference, paths)
     x, y = batch(torch.float64)
@@ -143,11 +142,11 @@ def test_every_tap_sees_what_its_module_gave_as_without_in_place_ops(name):
         logits = torch.cat([model(x[:2]), model(x[2:])])
     ref_logits = torch.cat([reference(x[:2]), reference(x[2:])])
     assert torch.equal(logits, ref_logits)
+    for path in paths:
+        assert torch.equal(taps[path], bare[path]), path
     weights = {path: torch.randn_like(bare[path]) for path in paths}
     losses = []
     for out, features in ((logits, taps), (ref_logits, bare)):
-        for path in paths:
-            assert torch.equal(features[path], bare[path]), path
         losses.append(F.cross_entropy(out, y) + sum((features[p] * weights[p]).sum() for p in paths))
     for loss in losses:
         loss.backward()
@@ -161,7 +160,7 @@ def test_taps_of_changed_tensors_are_right_under_inference_mode(name):
     copies still give each module's output."""
     model = make(name).eval()
     reference = out_of_place(model)
-    paths = [name for name, _ in model.named_modules() if name]
+    paths = module_paths(model)
     taps, bare = FeatureTaps(model, paths), BareTaps(reference, paths)
     x, _ = batch()
     with torch.inference_mode(), taps.record():

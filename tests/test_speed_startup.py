@@ -134,22 +134,19 @@ def test_any_damage_to_a_cache_file_is_never_served(cache, source, flips, cut, e
     assert path.read_bytes() == good
 
 
-def test_a_cache_that_cannot_be_written_is_skipped(tmp_path, source, monkeypatch):
-    monkeypatch.setattr(idx, "MIN_CACHED", 0)
-    monkeypatch.delenv("SELFDISTILL_NO_CACHE", raising=False)
+def test_a_cache_that_cannot_be_written_is_skipped(tmp_path, cache, source, monkeypatch):
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))  # the cache folder cannot be created
     assert torch.equal(read_idx(source), IMAGES)
     assert torch.equal(read_idx(source), IMAGES)
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    decoded = tmp_path / "xdg" / "selfdistill" / "decoded"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the cache fixture's folder again
 
     def full(fd, chunk):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(fileio, "_write_chunk", full)
     assert torch.equal(read_idx(source), IMAGES)
-    assert list(decoded.iterdir()) == []  # no cache file, no temporary left behind
+    assert list(cache.iterdir()) == []  # no cache file, no temporary left behind
 
 
 def test_a_folder_in_place_of_the_cache_file_is_no_error(cache, source):
