@@ -13,13 +13,9 @@ threads and everything else are the engine's defaults.
 from __future__ import annotations
 
 import statistics
-import tempfile
-from pathlib import Path
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
-
-from selfdistill.models import build_model
+from timing import parse_timing_args, random_teacher, timing_data, timing_parser, timing_trainer
 
 
 def time_case(method: str, model: str, args, data, teachers: list[dict]) -> tuple[float, float, float]:
@@ -45,13 +41,10 @@ def main() -> None:
     args = parse_timing_args(parser)
     data = timing_data(args)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "teacher.pt"
-        torch.manual_seed(1)
-        torch.save(build_model(args.teacher, data.num_classes, data.in_channels, data.image_size).state_dict(), weights)
+    with random_teacher(args.teacher, data) as teacher:
         for model in args.models:
             for method in args.methods:
-                teachers = [{"path": str(weights), "model": args.teacher}] if method == "kd" else []
+                teachers = [teacher] if method == "kd" else []
                 rows.append((model, method, *time_case(method, model, args, data, teachers)))
     print(f"\n{args.dataset}, {args.images} images/epoch, batch {args.batch_size}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; medians of {args.repeats} rounds")

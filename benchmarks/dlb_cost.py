@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
+from timing import parse_timing_args, say_round, timing_data, timing_parser, timing_trainer
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
             rate = result.rows / result.seconds
             if rep:
                 rates[name].append(rate)
-            print(f"round {rep}{' (warm-up)' if rep == 0 else ''}: {name} {rate:,.0f} img/s", flush=True)
+            say_round(rep, [(name, rate)])
     c, d = statistics.median(rates["ce"]), statistics.median(rates["dlb"])
     print(f"\n{args.model}, {args.dataset} ({args.images} images/epoch), forward batch {2 * args.batch_size}, "
           f"{torch.get_num_threads()} threads: CE {c:,.0f} img/s, DLB {d:,.0f} img/s, ratio {d / c:.3f}")

@@ -15,19 +15,16 @@ times each, in one process; the median of each is reported.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from timing import parse_timing_args, say_round, timing_data, timing_parser, timing_trainer
 
-from selfdistill.config import resolve
-from selfdistill.data import Augment, load_dataset
-from selfdistill.engine import Trainer
+from selfdistill.data import Augment
 from selfdistill.engine.optim import make_optimizer
 from selfdistill.engine.runtime import derive_seed
-from selfdistill.errors import UserError
 from selfdistill.models import build_model, faster_in_channels_last_on_cpu
 
 
@@ -52,37 +49,19 @@ def _name(channels_last: bool) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = timing_parser(__doc__)
     parser.add_argument("--model", default="cnn")
-    parser.add_argument("--dataset", default="fashion-mnist")
-    parser.add_argument("--images", type=int, default=12000, help="training images per epoch (balanced subset)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--layout", choices=("best", "nchw", "channels_last"), default="best",
                         help="the bare loop's memory layout; best: the one the engine's auto measured faster")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    layer = {"method": {"name": "ce"}, "model": {"name": args.model},
-             "data": {"dataset": args.dataset, "batch_size": args.batch_size, "train_subset": args.images},
-             "train": {"epochs": 100, "threads": args.threads, "progress": False}, "schedule": {"name": "constant"}}
-    try:
-        config = resolve([layer])
-        data = load_dataset(config.data, 0)
-    except UserError:
-        layer["data"]["dataset"] = "fashion-mnist-mini"
-        layer["data"]["train_subset"] = args.images if args.images < 6000 else None  # the whole bundled slice
-        config = resolve([layer])
-        data = load_dataset(config.data, 0)
-    trainer = Trainer(config, dataset=data)
+    args = parse_timing_args(parser)
+    data = timing_data(args)
+    trainer = timing_trainer(args, data, method={"name": "ce"}, model={"name": args.model})
     augment = Augment(data.mean, data.std, data.augment.crop_padding, data.augment.flip)
     torch.manual_seed(derive_seed(0, "init"))
     nhwc = args.layout == "channels_last" or (args.layout == "best" and faster_in_channels_last_on_cpu(args.model))
     layout = torch.channels_last if nhwc else torch.contiguous_format
     model = build_model(args.model, data.num_classes, data.in_channels, data.image_size).to(memory_format=layout)
-    optimizer = make_optimizer(list(model.parameters()), config.optim)
+    optimizer = make_optimizer(list(model.parameters()), trainer.config.optim)
     generator = torch.Generator().manual_seed(0)
 
     bare, engine = [], []
@@ -94,12 +73,11 @@ def main() -> None:
         if rep:
             bare.append(b)
             engine.append(e)
-        print(f"round {rep}{' (warm-up)' if rep == 0 else ''}: bare {b:,.0f} img/s, engine {e:,.0f} img/s", flush=True)
+        say_round(rep, [("bare", b), ("engine", e)])
     b, e = statistics.median(bare), statistics.median(engine)
-    print(f"\n{args.model}, {config.data.dataset} ({len(data.train_labels)} images/epoch), batch {args.batch_size}, "
+    print(f"\n{args.model}, {args.dataset} ({len(data.train_labels)} images/epoch), batch {args.batch_size}, "
           f"bare loop {_name(nhwc)}, engine {_name(trainer.precision.channels_last)}, "
           f"{torch.get_num_threads()} threads: bare {b:,.0f} img/s, engine {e:,.0f} img/s, ratio {e / b:.3f}")
-
 
 if __name__ == "__main__":
     main()

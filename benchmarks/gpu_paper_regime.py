@@ -22,7 +22,7 @@ import json
 import math
 from pathlib import Path
 
-from grid import Grid, Variant, table
+from grid import Grid, Variant, train_and_report
 
 RECIPE = ["optim.lr=0.05", "optim.momentum=0.9", "optim.nesterov=true", "optim.weight_decay=5.0e-4",
           "data.pad_to=32", "data.augment.crop_padding=4"]
@@ -88,12 +88,7 @@ def main() -> None:
                 batch_size=args.batch_size, train_subset=args.train_subset, sets=sets)
     print(f"plan: {args.model}, {epochs} epochs, seeds {seeds}, noise {args.noise}, variants "
           f"{[v.name for v in variants]}", flush=True)
-    if not args.table_only:
-        grid.run(args.jobs or len(seeds) * len(args.noise) * len(variants))
-    summary = table(grid)
-    grid.out.mkdir(parents=True, exist_ok=True)
-    (grid.out / "summary.md").write_text(summary + "\n")
-    print(summary)
+    train_and_report(grid, args.jobs or len(seeds) * len(args.noise) * len(variants), args.table_only, "summary.md")
 
 
 if __name__ == "__main__":

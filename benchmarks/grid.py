@@ -148,8 +148,14 @@ def run_and_report(args: argparse.Namespace, variants: list[Variant], table_file
     """Train the grid (unless --table-only), then write and print its table."""
     grid = Grid(Path(args.out), args.models, args.noise, args.seeds, variants, args.epochs, args.dataset,
                 train_subset=args.train_subset, sets=[*sets, *args.set])
-    if not args.table_only:
-        grid.run(args.jobs)
+    train_and_report(grid, args.jobs, args.table_only, table_file)
+
+
+def train_and_report(grid: Grid, jobs: int, table_only: bool, table_file: str) -> None:
+    """Train ``grid`` with ``jobs`` runs at a time (unless ``table_only``), then write its table to
+    ``table_file`` in its folder and print it."""
+    if not table_only:
+        grid.run(jobs)
     summary = table(grid)
     grid.out.mkdir(parents=True, exist_ok=True)
     (grid.out / table_file).write_text(summary + "\n")

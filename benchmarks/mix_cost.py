@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
+from timing import parse_timing_args, say_round, timing_data, timing_parser, timing_trainer
 
 MIXES = ("none", "mixup", "cutmix")
 
@@ -35,8 +35,7 @@ def main() -> None:
             now[mix] = result.rows / result.seconds
             if rep:
                 rates[mix].append(now[mix])
-        print(f"round {rep}{' (warm-up)' if rep == 0 else ''}: "
-              + ", ".join(f"{mix} {rate:,.0f} img/s" for mix, rate in now.items()), flush=True)
+        say_round(rep, now.items())
     ce, mixup, cutmix = (statistics.median(rates[mix]) for mix in MIXES)
     print(f"\n{args.model}, {args.dataset} ({args.images} images/epoch), batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads: CE {ce:,.0f} img/s, mixup {mixup:,.0f} img/s, CutMix {cutmix:,.0f} "

@@ -23,7 +23,7 @@ from __future__ import annotations
 import statistics
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
+from timing import parse_timing_args, say_round, timing_data, timing_parser, timing_trainer
 
 import selfdistill.methods.switokd as switokd
 from selfdistill.engine import Trainer
@@ -63,8 +63,7 @@ def main() -> None:
         if rep:
             for name, r in results.items():
                 seconds[name].append(r.seconds)
-        print(f"round {rep}{' (warm-up)' if rep == 0 else ''}: "
-              + ", ".join(f"{name} {rows / r.seconds:,.0f} img/s" for name, r in results.items()), flush=True)
+        say_round(rep, ((name, rows / r.seconds) for name, r in results.items()))
     t = {name: statistics.median(s) for name, s in seconds.items()}
     print(f"\nA = {args.student}, B = {args.peer}, {args.dataset} ({rows} images/epoch), batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, medians of {args.repeats} rounds:")

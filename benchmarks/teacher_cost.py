@@ -22,16 +22,13 @@ teacher's weights are its random init (saved to a temporary weights file and giv
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from timing import parse_timing_args, timing_data, timing_parser, timing_trainer
+from timing import parse_timing_args, random_teacher, say_round, timing_data, timing_parser, timing_trainer
 
 from selfdistill.engine import Trainer
-from selfdistill.engine.runtime import derive_seed
-from selfdistill.models import build_model
+from selfdistill.engine.runtime import derive_seed, synchronize
 
 
 def teacher_epoch(trainer: Trainer, epoch: int) -> float:
@@ -41,13 +38,12 @@ def teacher_epoch(trainer: Trainer, epoch: int) -> float:
     generator = torch.Generator(trainer.device).manual_seed(derive_seed(0, "teacher-cost", epoch))
     inputs = [trainer.precision.inputs(trainer.augment(trainer.data.train_images[idx.to(trainer.device)], generator))
               for idx in trainer._epoch_batches(epoch)]
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else lambda: None
-    sync()
+    synchronize(trainer.device)
     start = time.perf_counter()
     with torch.inference_mode():
         for x in inputs:
             teacher.logits(x)
-    sync()
+    synchronize(trainer.device)
     return time.perf_counter() - start
 
 
@@ -59,13 +55,10 @@ def main() -> None:
     args = parse_timing_args(parser)
     data = timing_data(args)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "teacher.pt"
-        torch.manual_seed(1)
-        torch.save(build_model(args.teacher, data.num_classes, data.in_channels, data.image_size).state_dict(), weights)
+    with random_teacher(args.teacher, data) as teacher:
         ce = timing_trainer(args, data, method={"name": "ce"}, model={"name": args.student})
         kd = timing_trainer(args, data, method={"name": args.method}, model={"name": args.student},
-                            teachers=[{"path": str(weights), "model": args.teacher}])
+                            teachers=[teacher])
         seconds: dict[str, list[float]] = {"ce": [], "teacher": [], "kd": []}
         for rep in range(args.repeats + 1):  # round 0 warms up
             ce_result = ce.train_epoch(rep)
@@ -77,9 +70,8 @@ def main() -> None:
                 seconds["teacher"].append(t)
                 seconds["kd"].append(kd_result.seconds)
             rows = ce_result.rows
-            print(f"round {rep}{' (warm-up)' if rep == 0 else ''}: ce {rows / ce_result.seconds:,.0f} img/s, "
-                  f"teacher alone {rows / t:,.0f} img/s, {args.method} {rows / kd_result.seconds:,.0f} img/s",
-                  flush=True)
+            say_round(rep, [("ce", rows / ce_result.seconds), ("teacher alone", rows / t),
+                            (args.method, rows / kd_result.seconds)])
     c, t, k = (statistics.median(seconds[name]) for name in ("ce", "teacher", "kd"))
     print(f"\n{args.student} <- {args.teacher}, {args.dataset} ({rows} images/epoch), batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads: CE {rows / c:,.0f} img/s, teacher alone {rows / t:,.0f} img/s, "

@@ -1,8 +1,13 @@
-"""What the speed benchmarks share: their common options, the in-memory data they time on, and the trainer."""
+"""What the speed benchmarks share: their common options, the in-memory data they time on, the trainer, a
+teacher with random weights, and the line each timed round prints."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,6 +16,7 @@ from selfdistill.config import resolve
 from selfdistill.data import ImageDataset, load_dataset
 from selfdistill.engine import Trainer
 from selfdistill.errors import UserError
+from selfdistill.models import build_model
 
 
 def timing_parser(doc: str, batch_help: str | None = None) -> argparse.ArgumentParser:
@@ -51,3 +57,20 @@ def timing_trainer(args: argparse.Namespace, images: ImageDataset, /, **sections
             "schedule": {"name": "constant"},
             "train": {"epochs": 100, "threads": args.threads, "progress": False, "status_every": 0}}
     return Trainer(resolve([base, sections]), dataset=images)
+
+
+@contextmanager
+def random_teacher(model: str, images: ImageDataset) -> Iterator[dict[str, str]]:
+    """A teacher entry (``teachers=[...]``) for a ``model`` with seeded random weights, saved to a temporary
+    file for as long as the ``with`` block lasts: what a teacher costs does not depend on its weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "teacher.pt"
+        torch.manual_seed(1)
+        torch.save(build_model(model, images.num_classes, images.in_channels, images.image_size).state_dict(), weights)
+        yield {"path": str(weights), "model": model}
+
+
+def say_round(rep: int, rates: Iterable[tuple[str, float]]) -> None:
+    """Print one timed round's images/s (round 0 is the warm-up)."""
+    print(f"round {rep}{' (warm-up)' if rep == 0 else ''}: "
+          + ", ".join(f"{name} {rate:,.0f} img/s" for name, rate in rates), flush=True)
