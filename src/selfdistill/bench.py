@@ -39,7 +39,7 @@ from .data import ImageDataset, load_dataset, train_batches
 from .engine import Trainer, evaluate_networks
 from .engine.evaluate import teacher_predictions
 from .engine.optim import make_optimizer
-from .engine.runtime import derive_seed, synchronize
+from .engine.runtime import derive_seed, synchronize, usable_cpus
 from .errors import require
 from .models import build_model
 
@@ -144,10 +144,9 @@ def run_bench(config: Config, steps: int, repeats: int, say: Callable[[str], Non
 def machine(device: torch.device) -> dict[str, Any]:
     """What the figures depend on: the device, threads, CPUs, torch version and the load."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "usable_cpus": usable, "torch": torch.__version__,
+            "cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "torch": torch.__version__,
             "python": platform.python_version(), "load_1min": load}
 
 

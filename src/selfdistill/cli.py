@@ -140,8 +140,8 @@ def build_parser() -> Parser:
     demo.add_argument("--epochs", type=int, default=8, help="epochs per method (default: 8)")
     demo.add_argument("--model", default="cnn", help="(default: cnn)")
     demo.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    demo.add_argument("--threads", type=_threads, help="CPU threads for torch, or auto (default: auto = the CPUs this "
-                                                       "process may use)")
+    demo.add_argument("--threads", type=_threads, default="auto",
+                      help="CPU threads for torch, or auto (default: auto = the CPUs this process may use)")
 
     ev = sub.add_parser("eval", help="top-1, top-5, NLL, ECE, per-class accuracy and a reliability diagram of a "
                                      "trained model",
@@ -296,9 +296,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    if args.threads is not None:
+    if args.threads != "auto":
         resolve([{"train": {"threads": args.threads}}])  # the same check as train's
-    run_demo(args.out, args.epochs, args.model, args.seed, threads=args.threads if args.threads is not None else "auto")
+    run_demo(args.out, args.epochs, args.model, args.seed, threads=args.threads)
 
 
 # ----------------------------------------------------------------------------- entry point

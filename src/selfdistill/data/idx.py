@@ -58,17 +58,16 @@ def read_idx(path: Path, ndim: int | None = None) -> torch.Tensor:
         folder = _cache_folder(path)
         compressed = None if folder is None else _bytes_to_cache(path)
         cache: tuple[Path, bytes] | None = None
-        if folder is not None and compressed is not None:
+        if compressed is None:
+            opened: BinaryIO = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+        else:
             key = hashlib.sha256(compressed).digest()
             cache = (folder / f"{path.name}-{key.hex()[:16]}.idx", key)
             cached = _load_cached(*cache)
             if cached is not None:
                 _check_ndim(path, tuple(cached.shape), ndim)
                 return cached
-        if compressed is not None:
-            opened: BinaryIO = gzip.GzipFile(fileobj=io.BytesIO(compressed))
-        else:
-            opened = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+            opened = gzip.GzipFile(fileobj=io.BytesIO(compressed))
         with opened as handle:
             dims = _read_header(handle, path)
             _check_ndim(path, dims, ndim)

@@ -110,6 +110,14 @@ CGROUP = Path("/sys/fs/cgroup")  # where cgroup v2 is mounted
 PROC_CGROUP = Path("/proc/self/cgroup")  # this process's cgroups
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (as ``taskset`` or a batch system set it), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
 def auto_threads() -> tuple[int, str]:
     """The thread count of ``train.threads: auto`` and how it was chosen, e.g. ``(2, "2 CPUs usable")``.
 
@@ -119,10 +127,7 @@ def auto_threads() -> tuple[int, str]:
     at least one. More threads than that only wait on each other: on a loaded 2-core machine two threads
     ran at 1/7 of one thread's speed. ``OMP_NUM_THREADS`` is not read (torchrun sets it to 1).
     """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     how = f"{cpus} CPU{'s' * (cpus > 1)} usable"
     quota = _cpu_quota()
     if quota is not None and quota < cpus:
@@ -157,17 +162,11 @@ def _cpu_quota() -> int | None:
     return tightest
 
 
-def thread_count(cfg: TrainConfig) -> int | None:
-    """The thread count a run sets: ``train.threads``, resolved if ``auto``; None leaves torch's default."""
-    return auto_threads()[0] if cfg.threads == "auto" else cfg.threads
-
-
-def describe_threads(cfg: TrainConfig, threads: int | None) -> str:
-    """The start line's mention of ``threads`` (None: not on a CPU, nothing to say), with how auto chose."""
+def describe_threads(threads: int | None, how: str | None) -> str:
+    """The start line's mention of ``threads`` (None: not on a CPU, nothing to say), with ``how`` auto chose."""
     if not threads:
         return ""
-    return f", {threads} thread{'s' * (threads > 1)}" + (f" (auto: {auto_threads()[1]})" if cfg.threads == "auto"
-                                                        else "")
+    return f", {threads} thread{'s' * (threads > 1)}" + (f" (auto: {how})" if how else "")
 
 
 def synchronize(device: torch.device) -> None:
@@ -176,10 +175,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
-    """Threads, determinism and the C allocator; these are process-wide."""
+def configure_torch(cfg: TrainConfig, device: torch.device) -> str | None:
+    """Threads, determinism and the C allocator; these are process-wide. Returns how ``train.threads: auto``
+    chose the count (None where the count was given, or None left torch's default)."""
     keep_freed_memory()
-    threads = thread_count(cfg)
+    threads, how = auto_threads() if cfg.threads == "auto" else (cfg.threads, None)
     if threads:
         torch.set_num_threads(threads)
     if cfg.deterministic:
@@ -189,6 +189,7 @@ def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = not cfg.deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    return how
 
 
 class GroupedForward(nn.Module):

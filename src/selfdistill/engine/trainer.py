@@ -120,7 +120,7 @@ class Trainer:
                 self.run.check_fresh()  # what it finds is cleared away only when training starts
         self.checkpoint = self._load_resume_state() if self.resuming and self.out is not None else None
         self.device = resolve_device(cfg.train.device, self.ctx)
-        configure_torch(cfg.train, self.device)
+        self.threads_how = configure_torch(cfg.train, self.device)
         self.precision = Precision.resolve(cfg.train, self.device, cfg.model.name)
         saved_runtime = (self.checkpoint or {}).get("runtime") or {}
         if cfg.train.channels_last == "auto" and isinstance(saved_runtime.get("channels_last"), bool):
@@ -486,7 +486,7 @@ class Trainer:
                     f"epoch {self.start_epoch}")
         else:
             verb = f"resuming {self.out} after epoch {self.start_epoch}"
-        threads = describe_threads(cfg.train, self.runtime["threads"])
+        threads = describe_threads(self.runtime["threads"], self.threads_how)
         teachers = "".join(f" | {t.role} {src.model} ({src.path})"
                            for t, src in zip(self.teachers, self.teacher_sources))
         processes = f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""

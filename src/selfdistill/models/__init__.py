@@ -66,7 +66,7 @@ MODELS.update({alias: MODELS[name] for alias, name in ALIASES.items()})
 # bottlenecks) stay NCHW on a CPU until measured. A GPU always takes channels_last.
 CPU_CHANNELS_LAST = frozenset({"cnn", "resnet18", "resnet8x4", "resnet32x4", "MobileNetV2", "mobilenetv2_x0_5",
                                *(f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)),
-                               *(n for n in MODELS if n.startswith(("wrn16", "wrn28", "wrn40", "wrn_")))})
+                               *(n for n in MODELS if n.startswith("wrn"))})
 
 
 def faster_in_channels_last_on_cpu(name: str) -> bool:
