@@ -14,8 +14,7 @@ import argparse
 import statistics
 import time
 
-from selfdistill.config import resolve
-from selfdistill.engine import Trainer
+from selfdistill.engine import Trainer, resolve
 from selfdistill.engine.evaluate import evaluate_networks
 
 

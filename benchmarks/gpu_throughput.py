@@ -1,6 +1,6 @@
 """GPU training throughput, item 2 of ``shared/gpu-checklist.md``: train-only images/s of the engine
 beside a bare PyTorch loop on the same model, data, batch, layout, autocast and compilation, timed in
-the same process (:func:`selfdistill.bench.run_bench`: one warm-up round, then the median of
+the same process (:func:`selfdistill.commands.bench.run_bench`: one warm-up round, then the median of
 ``--repeats`` rounds; compilation and evaluation are outside the training figure), with the peak GPU
 memory of each case.
 
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from selfdistill.bench import run_bench
-from selfdistill.config import resolve
+from selfdistill.commands.bench import run_bench
+from selfdistill.engine import resolve
 from selfdistill.models import build_model
 
 VARIANTS = {

@@ -37,8 +37,8 @@ from pathlib import Path
 
 from grid import Grid, Variant, fmt, grid_parser
 
+from selfdistill.analysis.report import eval_metric, eval_split
 from selfdistill.methods import method_names
-from selfdistill.report import eval_metric, eval_split
 
 FROM_TEACHER = ("kd", "dkd", "dist", "nkd", "sp", "crd", "mix_kd")
 METHODS = ("ce", "dlb", *FROM_TEACHER, "ca_mkd", "kd_ls_teacher")

@@ -37,9 +37,10 @@ from pathlib import Path
 from grid import Grid, Variant, fmt, grid_parser
 from matplotlib.figure import Figure
 
-from selfdistill.config import parse_assignment, resolve
-from selfdistill.plots import draw_reliability, save_png
-from selfdistill.report import eval_metric
+from selfdistill.analysis.plots import draw_reliability, save_png
+from selfdistill.analysis.report import eval_metric
+from selfdistill.config import parse_assignment
+from selfdistill.engine import resolve
 
 ONLINE = ("dml", "switokd", "switokd_lr10", "bd_kd", "sokd")
 METHODS = ("ce", *ONLINE, "dlb")  # the table's order; runs start longest first

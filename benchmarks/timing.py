@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 
-from selfdistill.config import resolve
 from selfdistill.data import ImageDataset, load_dataset
-from selfdistill.engine import Trainer
+from selfdistill.engine import Trainer, resolve
 from selfdistill.errors import UserError
 from selfdistill.models import build_model
 

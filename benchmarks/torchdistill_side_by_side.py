@@ -235,9 +235,8 @@ def work(spec: dict) -> dict:
     import torch
     import torchdistill
 
-    from selfdistill.config import resolve
     from selfdistill.data import load_dataset
-    from selfdistill.engine import Trainer
+    from selfdistill.engine import Trainer, resolve
     from selfdistill.models import build_model
 
     torch.set_num_threads(spec["threads"])

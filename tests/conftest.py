@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from selfdistill import cli
-from selfdistill.config import Config, resolve
-from selfdistill.engine import Trainer
+from selfdistill.config import Config
+from selfdistill.engine import Trainer, resolve
 from selfdistill.methods import Method
 
 ROOT = Path(__file__).resolve().parents[1]

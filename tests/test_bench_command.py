@@ -9,7 +9,7 @@ import torch
 
 from conftest import cli_main, small_config
 from selfdistill import cli
-from selfdistill.bench import BareLoop, format_bench, run_bench
+from selfdistill.commands.bench import BareLoop, format_bench, run_bench
 from selfdistill.engine import Trainer
 
 # 64 synthetic 8x8 images, batch 16: 2 steps cover half of them, --steps 10 more than all

@@ -14,8 +14,9 @@ import torch
 
 from conftest import cli_main, run_cli
 from selfdistill import cli
+from selfdistill.commands import listings
+from selfdistill.commands.recipes import bundled_recipes
 from selfdistill.engine import tensorboard
-from selfdistill.recipes import bundled_recipes
 
 TINY = ["--set", "data.train_subset=1000", "--set", "data.eval_batch_size=500"]
 SYNTH = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "2", "--batch-size", "16",
@@ -110,10 +111,10 @@ def test_ctrl_c_while_starting_is_one_line(tmp_path, delay):
 
 
 def test_ctrl_c_in_other_commands_says_only_that(capsys, monkeypatch):
-    def interrupted(kind):
+    def interrupted(args, argv):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_list", interrupted)
+    monkeypatch.setattr(listings, "run", interrupted)
     code, _, err = cli_main(capsys, "models")
     assert code == 130 and err == ["selfdistill: interrupted"]
 

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from selfdistill.config import differences, load_yaml, parse_assignment, resolve
+from selfdistill.config import differences, load_yaml, parse_assignment
+from selfdistill.engine import resolve
 from selfdistill.errors import UserError
 
 

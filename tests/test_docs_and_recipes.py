@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
-from selfdistill.config import load_yaml, resolve
-from selfdistill.engine import Trainer
+from selfdistill.config import load_yaml
+from selfdistill.engine import Trainer, resolve
 from selfdistill.models import build_model
 
 README = (ROOT / "README.md").read_text()

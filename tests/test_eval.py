@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from conftest import SMALL_SYNTHETIC, cli_main, small_config
-from selfdistill.config import resolve
+from selfdistill.analysis.evaluation import evaluate_saved_model, format_eval
 from selfdistill.data import load_dataset
-from selfdistill.engine import train
+from selfdistill.engine import resolve, train
 from selfdistill.errors import UserError
-from selfdistill.evaluation import evaluate_saved_model, format_eval
-from selfdistill.modelcard import ModelCard, card_path, read_model_card, weights_sha256, write_model_card
 from selfdistill.models import build_model
+from selfdistill.models.card import ModelCard, card_path, read_model_card, weights_sha256, write_model_card
 
 FASHION = {"mean": [0.286], "std": [0.353], "dataset": "fashion-mnist-mini"}
 

@@ -83,6 +83,7 @@ def test_what_a_fold_would_change_is_left_alone():
 
 
 def test_taps_see_the_values_they_saw_before_folding():
+    torch.manual_seed(0)  # unseeded, about one draw in five of the random BN statistics rounds past the tolerance
     model = randomised(build_model("resnet20", 10, 3, 32))
     x = torch.randn(2, 3, 32, 32)
     paths = ["layer1.0.conv1", "layer1.0.bn1", "layer2", "layer3.2.conv2", "layer3.0.bn1:input", "layer3.1:input"]

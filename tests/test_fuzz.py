@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from selfdistill import cli
-from selfdistill.config import Config, parse_yaml, resolve
-from selfdistill.engine import Trainer
+from selfdistill.config import Config, parse_yaml
+from selfdistill.engine import Trainer, resolve
 from selfdistill.errors import UserError
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from selfdistill.metrics import EvalAccumulator, ece_from_reliability, expected_calibration_error, top1
+from selfdistill.analysis.metrics import EvalAccumulator, ece_from_reliability, expected_calibration_error, top1
 
 
 def test_ece_matches_hand_computation():

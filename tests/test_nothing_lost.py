@@ -20,8 +20,8 @@ import fault_runner
 from conftest import cli_main, ctrl_c_in_epoch
 from fault_runner import assert_same_run
 from selfdistill import fileio
+from selfdistill.analysis.metrics import EvalAccumulator
 from selfdistill.engine.rundir import RunDir
-from selfdistill.metrics import EvalAccumulator
 
 TINY = ["--dataset", "synthetic", "--model", "mlp", "--method", "dlb", "--epochs", "3", "--batch-size", "16",
         "--set", "data.synthetic={train_size: 96, test_size: 64, size: 12}", "--set", "data.eval_batch_size=64",

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from conftest import ctrl_c_in_epoch, small_config
 from selfdistill.engine import Trainer, train
+from selfdistill.engine import assemble as assemble_module
 from selfdistill.engine import trainer as trainer_module
 from selfdistill.errors import UserError
-from selfdistill.methods import Method, MethodStack
+from selfdistill.methods import Batch, Method, MethodStack, Outputs
 from selfdistill.methods.base import NetworkSpec, term_owner
 from selfdistill.methods.dlb import DLB
 
@@ -56,7 +57,7 @@ def _kl(z, target):
 
 def online(monkeypatch, *members):
     """Make the trainer run these methods (fresh copies for every run: methods keep state)."""
-    monkeypatch.setattr(trainer_module, "build_method", lambda config: MethodStack(copy.deepcopy(list(members))))
+    monkeypatch.setattr(assemble_module, "build_method", lambda config: MethodStack(copy.deepcopy(list(members))))
 
 
 def parameters(module):
@@ -109,12 +110,12 @@ def test_a_networks_terms_reach_only_its_own_parameters(monkeypatch):
     online(monkeypatch, Mutual())
     trainer = Trainer(small_config())
     idx = torch.arange(16)
-    batch = trainer.method.extend(trainer_module.Batch.new(trainer.data.train_images[idx],
+    batch = trainer.method.extend(Batch.new(trainer.data.train_images[idx],
                                                            trainer.data.train_labels[idx], idx))
     batch.inputs = trainer._inputs(batch, torch.Generator(trainer.device).manual_seed(0))
     for owner in ("student", "peer1"):
         outs = [net(batch.inputs, None) for net in trainer.nets]
-        out = trainer_module.Outputs(outs[0].logits, {}, {"peer1": outs[1]})
+        out = Outputs(outs[0].logits, {}, {"peer1": outs[1]})
         terms = trainer.method.losses(out, batch)
         mine = [v for k, v in terms.items() if k.startswith("peer1_") == (owner == "peer1")]
         for net in trainer.nets:
@@ -224,7 +225,7 @@ def test_each_networks_terms_of_every_online_method_reach_only_that_network(meth
     gen = torch.Generator(trainer.device).manual_seed(0)
     roles = [net.role for net in trainer.nets]
     for step in range(2):  # the second step has DLB's replayed rows
-        batch = trainer.method.extend(trainer_module.Batch.new(trainer.data.train_images[idx],
+        batch = trainer.method.extend(Batch.new(trainer.data.train_images[idx],
                                                                trainer.data.train_labels[idx], idx))
         batch.inputs = trainer._inputs(batch, gen)
         frozen = {t.role: t(batch.inputs) for t in trainer.teachers}
@@ -233,7 +234,7 @@ def test_each_networks_terms_of_every_online_method_reach_only_that_network(meth
             trainer.method.update(out, batch)
     for owner in roles:
         outs = [net(batch.inputs, batch.forward_splits()) for net in trainer.nets]
-        out = trainer_module.Outputs(outs[0].logits, outs[0].features,
+        out = Outputs(outs[0].logits, outs[0].features,
                                      {**frozen, **{r: o for r, o in zip(roles[1:], outs[1:])}})
         terms = trainer.method.losses(out, batch)
         mine = [v for k, v in terms.items() if term_owner(k, roles[1:]) == owner]

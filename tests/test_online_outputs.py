@@ -9,10 +9,10 @@ import statistics
 import pytest
 
 from conftest import SMALL_SYNTHETIC, cli_main, small_config
+from selfdistill.analysis.evaluation import evaluate_saved_model, format_eval
+from selfdistill.analysis.report import build_report, find_runs, markdown_table, summarize
 from selfdistill.engine import train
 from selfdistill.errors import UserError
-from selfdistill.evaluation import evaluate_saved_model, format_eval
-from selfdistill.report import build_report, find_runs, markdown_table, summarize
 
 ONE_EPOCH = {"epochs": 1, "progress": False, "threads": 1, "device": "cpu"}  # eval below runs on the CPU too
 DML = {"name": "dml", "peers": ["cnn"]}  # a peer of another architecture than the student's mlp

@@ -2,9 +2,9 @@
 
 import torch
 
-from selfdistill.config import DataConfig, resolve
+from selfdistill.config import DataConfig
 from selfdistill.data import load_dataset
-from selfdistill.engine import train
+from selfdistill.engine import resolve, train
 
 
 def test_full_fashion_mnist_loads_verified(fashion_root):

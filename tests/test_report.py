@@ -10,10 +10,7 @@ import statistics
 import pytest
 
 from conftest import small_config
-from selfdistill.config import parse_assignment, resolve
-from selfdistill.engine import train
-from selfdistill.errors import UserError
-from selfdistill.report import (
+from selfdistill.analysis.report import (
     accuracy_curve,
     build_report,
     find_runs,
@@ -23,6 +20,9 @@ from selfdistill.report import (
     pooled_reliability,
     summarize,
 )
+from selfdistill.config import parse_assignment
+from selfdistill.engine import resolve, train
+from selfdistill.errors import UserError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BINS = 15

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import SMALL_SYNTHETIC, Recorder, small_config
-from selfdistill.config import resolve
-from selfdistill.engine import Trainer, train
+from selfdistill.engine import Trainer, resolve, train
 from selfdistill.errors import UserError
 from selfdistill.losses import kd_kl
 from selfdistill.methods import Batch, MethodStack, Outputs, build_method

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from conftest import cli_main
 from selfdistill import fileio
-from selfdistill.config import DataConfig, resolve
+from selfdistill.config import DataConfig
 from selfdistill.data import idx, load_dataset
 from selfdistill.data.idx import read_idx, write_idx
-from selfdistill.engine import runtime
+from selfdistill.engine import resolve, runtime
 from selfdistill.errors import UserError
 
 IMAGES = torch.randint(0, 256, (3, 4, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -1,4 +1,4 @@
-"""Frozen teachers on the engine: each promise of teachers.py and engine/networks.py, checked where it
+"""Frozen teachers on the engine: each promise of models/teachers.py and engine/networks.py, checked where it
 could break. A test-only method (``probe``) records what the engine hands a teacher-using method and
 compares it with what the teacher network itself received."""
 
@@ -26,7 +26,7 @@ from selfdistill.errors import UserError
 from selfdistill.losses import cross_entropy
 from selfdistill.methods import Method
 from selfdistill.models import build_model, model_names
-from selfdistill.teachers import DataShape, TeacherSpec, load_teacher, parse_teacher
+from selfdistill.models.teachers import DataShape, TeacherSpec, load_teacher, parse_teacher
 
 # the data every teacher and student here sees (conftest's small_config), as command-line flags
 DATA = ["--dataset", "synthetic", "--batch-size", "16", "--set", "data.synthetic={train_size: 96, test_size: 64, "

@@ -1,5 +1,9 @@
 """Command line: ``selfdistill {train,demo,eval,bench,report,recipes,methods,models,datasets}``.
 
+This module parses and dispatches only: each command is ``run(args, argv)`` of its module in
+:mod:`selfdistill.commands`, imported after parsing (most of them import torch, which ``--help`` and
+one-line errors should not wait for).
+
 Every failure ends with one line on stderr and an exit code (see :mod:`selfdistill.errors`): 2 for
 bad input (nothing started or written), 3 for a diverged run, 4 for a failed write to the run
 directory, 5 for a failed process of a distributed run, 130 for Ctrl-C. Under ``torchrun`` (or
@@ -11,33 +15,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
-import os
 import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import Config, load_yaml, nested, parse_assignment, resolve
+from .commands.flags import BENCH_FLAGS, TRAIN_FLAGS
+from .config import Config
 from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean, printable_line
-from .fileio import unused_path
 
 DEFAULTS = Config()
-# flag -> dotted config key
-TRAIN_FLAGS = {
-    "method": "method.name", "dataset": "data.dataset", "model": "model.name", "epochs": "train.epochs",
-    "seed": "train.seed", "batch_size": "data.batch_size", "lr": "optim.lr", "label_noise": "data.label_noise",
-    "train_subset": "data.train_subset", "data_dir": "data.data_dir", "device": "train.device",
-    "threads": "train.threads",
-}
-# train's flags that bench shares (bench builds the same trainer, without --out)
-BENCH_FLAGS = ("method", "dataset", "model", "teacher", "seed", "batch_size", "lr", "data_dir", "device", "threads",
-               "config", "set")
 NON_MAIN_GRACE_S = 5.0  # a failing rank other than 0 waits this long, so that rank 0's line is the one shown
 _ARGV: list[str] = []  # the arguments being parsed, for hints in argparse's errors
 
@@ -191,116 +182,6 @@ def build_parser() -> Parser:
     return parser
 
 
-# ----------------------------------------------------------------------------- train
-def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
-    layers: list[dict[str, Any]] = []
-    if args.resume:
-        if not args.out:
-            raise UserError("--resume needs --out, the run directory to continue")
-        from .engine.rundir import resume_point
-
-        layers.append(resume_point(Path(args.out), mmap=True)[0])  # the trainer loads the tensors itself
-    if args.config:
-        layers.append(load_yaml(args.config))
-    for flag, key in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            layers.append(nested(key, value))
-    if args.teacher:
-        layers.append({"teachers": list(args.teacher)})
-    layers += [parse_assignment(item) for item in args.set]
-    config = resolve(layers)
-    out = Path(args.out) if args.out else unused_path(Path("runs") / (
-        f"{config.method['name']}-{config.data.dataset}-{config.model.name}-s{config.train.seed}-"
-        f"{time.strftime('%Y%m%d-%H%M%S')}"))
-    return config, out
-
-
-def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
-    config, out = train_config(args)
-    if args.print_config:
-        print(config.to_yaml(), end="")
-        return 0
-    cpus = os.cpu_count() or 1
-    if not 1 <= args.nproc <= cpus:
-        raise UserError.bad_value("--nproc", args.nproc, f"an integer from 1 to the {cpus} CPUs of this machine")
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from .launch import launch
-
-        return launch(argv if args.out else [*argv, "--out", str(out)], args.nproc)
-    from .engine import train
-
-    metrics = train(config, out, resume=args.resume)
-    if _rank() == 0:
-        split = metrics.get("eval_split", "test")
-        print(f"done: {split} top-1 {metrics[f'{split}_top1']:.2f}%, NLL {metrics[f'{split}_nll']:.4f}, "
-              f"ECE {metrics[f'{split}_ece']:.2f}% -> {out}")
-    return 0
-
-
-# ----------------------------------------------------------------------------- other commands
-def cmd_list(kind: str) -> None:
-    if kind == "methods":
-        from .methods import ALIASES, METHODS
-
-        lines = {name: cls.summary for name, cls in METHODS.items()} | {k: v[1] for k, v in ALIASES.items()}
-        width = max(map(len, lines))
-        for name, summary in lines.items():
-            print(f"{name:<{width}}  {summary}")
-    elif kind == "models":
-        from .models import model_names
-
-        print("\n".join(model_names()))
-    elif kind == "recipes":
-        from .recipes import bundled_recipes, format_recipes
-
-        print(format_recipes(bundled_recipes()))
-    else:
-        from .data import DATASETS
-
-        width = max(map(len, DATASETS))
-        for name, info in DATASETS.items():
-            print(f"{name:<{width}}  {info.description}")
-
-
-def cmd_eval(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_saved_model, format_eval
-
-    result = evaluate_saved_model(args.target, dataset=args.dataset, data_dir=args.data_dir, split=args.split,
-                                  model=args.model, batch_size=args.batch_size, device=args.device, out=args.out,
-                                  teachers=args.teacher, role=args.role)
-    print(format_eval(result))
-
-
-def cmd_report(args: argparse.Namespace) -> None:
-    from .report import build_report
-
-    first = Path(args.paths[0])
-    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "report"
-    print(build_report(args.paths, out, plots=not args.no_plots))
-
-
-def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import format_bench, run_bench
-
-    args.set = [*args.set, "train.progress=false", "train.status_every=0"]  # the table is all it prints
-    config, _ = train_config(args)
-
-    def say(line: str) -> None:  # a line per round, on a terminal
-        print(line, file=sys.stderr, flush=True)
-
-    result = run_bench(config, args.steps, args.repeats, say if sys.stderr.isatty() else None)
-    print(json.dumps(result, indent=2) if args.json else format_bench(result))
-
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
-
-    if args.threads != "auto":
-        resolve([{"train": {"threads": args.threads}}])  # the same check as train's
-    run_demo(args.out, args.epochs, args.model, args.seed, threads=args.threads)
-
-
 # ----------------------------------------------------------------------------- entry point
 LABELS = {UserError: "error", TrainingDiverged: "training diverged", PeerFailure: "distributed run failed"}
 
@@ -327,10 +208,9 @@ def _say_failure(exc: SelfdistillError) -> int:
     return exc.exit_code
 
 
-# what each command imports before it starts (torch, for most)
-COMMAND_MODULES = {"train": "selfdistill.engine", "demo": "selfdistill.demo", "eval": "selfdistill.evaluation",
-                   "report": "selfdistill.report", "methods": "selfdistill.methods", "models": "selfdistill.models",
-                   "datasets": "selfdistill.data", "recipes": "selfdistill.recipes", "bench": "selfdistill.bench"}
+# the module that runs each command (imported once the arguments parse; torch, for most)
+COMMAND_MODULES = {"train": "train", "demo": "demo", "eval": "eval", "report": "report", "bench": "bench",
+                   "recipes": "recipes", "methods": "listings", "models": "listings", "datasets": "listings"}
 
 
 @contextlib.contextmanager
@@ -356,22 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupts_deferred() as pressed:
             args = build_parser().parse_args(argv)
-            importlib.import_module(COMMAND_MODULES[args.command])
+            command = importlib.import_module(f"selfdistill.commands.{COMMAND_MODULES[args.command]}")
         if pressed:
             raise KeyboardInterrupt
-        if args.command == "train":
-            return cmd_train(args, argv)
-        if args.command == "demo":
-            cmd_demo(args)
-        elif args.command == "eval":
-            cmd_eval(args)
-        elif args.command == "report":
-            cmd_report(args)
-        elif args.command == "bench":
-            cmd_bench(args)
-        else:
-            cmd_list(args.command)
-        return 0
+        return command.run(args, argv)
     except SelfdistillError as exc:
         return _say_failure(exc)
     except KeyboardInterrupt:

@@ -130,7 +130,7 @@ class TrainConfig:
 @dataclass
 class Config:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
-    teachers: list[dict[str, Any]] = field(default_factory=list)  # frozen teachers: {path, model}, see teachers.py
+    teachers: list[dict[str, Any]] = field(default_factory=list)  # frozen teachers: {path, model}, see models/teachers.py
     # per-role overrides of optim/schedule for the trainable networks of online methods, e.g.
     # {"teacher": {"optim": {"lr": 0.1}}}; a role without an entry uses optim/schedule as they are
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -377,8 +377,14 @@ def nested(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def resolve(layers: list[dict[str, Any]]) -> Config:
-    """Merge override layers onto the defaults, then build and validate the config."""
+def build_config(layers: list[dict[str, Any]]) -> Config:
+    """Merge override layers onto the defaults, then build the config and check every key, type and range.
+
+    This module is a leaf: it knows no registry. ``method`` comes back as the given mapping (a name and the
+    options as written) and ``teachers`` as the given entries; the names of the dataset, model, method and
+    teachers, and the method's options, are checked by the layers that own those registries, through
+    :func:`selfdistill.engine.validate.resolve`, the one that callers use.
+    """
     raw = Config().to_dict()
     for layer in layers:
         raw = merge(raw, layer)
@@ -395,8 +401,8 @@ def resolve(layers: list[dict[str, Any]]) -> Config:
         if not isinstance(value, dict):
             raise UserError(f"config section {section!r} must be a mapping of keys, got {value!r}")
     config = build_dataclass(Config, raw, "")
-    config.method = _resolve_method(method)
-    config.teachers = _resolve_teachers(teachers)
+    config.method = _method_mapping(method)
+    config.teachers = _teacher_entries(teachers)
     config.roles = _resolve_roles(roles)
     validate(config)
     return config
@@ -425,25 +431,20 @@ def _resolve_roles(roles: Any) -> dict[str, dict[str, Any]]:
     return resolved
 
 
-def _resolve_teachers(teachers: Any) -> list[dict[str, Any]]:
-    from .teachers import parse_teacher  # knows the architectures by name
-
+def _teacher_entries(teachers: Any) -> list[Any]:
+    """The ``teachers`` entries as a list (one entry may be given alone); each is checked by the models layer."""
     if teachers is None:
         return []
-    if not isinstance(teachers, list):
-        teachers = [teachers]
-    return [parse_teacher(entry, f"teachers[{k}]").to_dict() for k, entry in enumerate(teachers)]
+    return list(teachers) if isinstance(teachers, list) else [teachers]
 
 
-def _resolve_method(method: Any) -> dict[str, Any]:
-    from .methods import method_options  # the registry knows each method's options dataclass
-
+def _method_mapping(method: Any) -> dict[str, Any]:
+    """``method`` as a mapping with a name (a bare name is a method without options)."""
     if isinstance(method, str):
         method = {"name": method}
     require(isinstance(method, dict) and "name" in method, "method", method, "a mapping with a name")
     require(isinstance(method["name"], str), "method.name", method["name"], "a method name (see `selfdistill methods`)")
-    options = {k: v for k, v in method.items() if k != "name"}
-    return {"name": method["name"], **method_options(method["name"], options)}
+    return dict(method)
 
 
 MAX_THREADS = 1024  # torch.set_num_threads(100000) crashes the process
@@ -453,15 +454,8 @@ SYNTHETIC_RANGES = (("num_classes", 2, 1000), ("channels", 1, 16), ("size", 1, 2
 
 
 def validate(config: Config) -> None:
-    """Range checks that types alone cannot express."""
-    from .data import dataset_names
-    from .models import model_names
-
+    """Range checks that types alone cannot express (names are checked by the layers that own them)."""
     d, o, s, t = config.data, config.optim, config.schedule, config.train
-    if d.dataset not in dataset_names():
-        raise UserError.bad_value("data.dataset", d.dataset, ", ".join(dataset_names()), dataset_names())
-    if config.model.name not in model_names():
-        raise UserError.bad_value("model.name", config.model.name, ", ".join(model_names()), model_names())
     require(0 <= t.seed < 2**63, "train.seed", t.seed, "an integer in [0, 2**63)")
     require(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     require(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
@@ -499,13 +493,6 @@ def validate(config: Config) -> None:
     require(pixels <= 2**30, "data.synthetic", f"{max(syn.train_size, syn.test_size)} images of "
             f"{syn.channels}x{syn.size}x{syn.size}", "at most 2**30 bytes of images per split")
 
-    from .methods import build_method
-
-    method = build_method(config.method)
-    _check_teacher_count(config.method["name"], method.teachers_needed, len(config.teachers))
-    minimum = method.min_batch_size
-    require(d.batch_size >= minimum, "data.batch_size", d.batch_size,
-            f"an integer >= {minimum} for method {config.method['name']}")
 
 
 def _check_optim(o: OptimConfig, where: str) -> None:
@@ -524,20 +511,6 @@ def _check_schedule(s: ScheduleConfig, where: str) -> None:
     require(all(m >= 1 for m in s.milestones) and s.milestones == sorted(s.milestones), f"{where}.milestones",
             s.milestones, "increasing epochs >= 1")
     require(s.min_lr >= 0, f"{where}.min_lr", s.min_lr, "a number >= 0")
-
-
-def _check_teacher_count(name: str, needed: tuple[int, int | None], given: int) -> None:
-    fewest, most = needed
-    if most == 0 and given:
-        raise UserError(f"method {name} takes no teacher, but {given} was given (--teacher / teachers:); drop it, "
-                        "or choose a method that distils one (kd, dkd, dist, ...; `selfdistill methods`)")
-    if given < fewest:
-        what = "a teacher" if fewest == 1 else f"at least {fewest} teachers"
-        raise UserError(f"method {name} needs {what}, got {given}: add --teacher RUN_DIR (a finished run) or "
-                        "--teacher PATH:ARCH (a weights file and its architecture)" + (
-                            ", once per teacher" if fewest > 1 else ""))
-    if most is not None and given > most:
-        raise UserError(f"method {name} takes at most {most} teacher(s), got {given}")
 
 
 def differences(a: Config, b: Config, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:

@@ -135,6 +135,12 @@ def dataset_names() -> list[str]:
     return list(DATASETS)
 
 
+def check_dataset_name(name: str, where: str = "data.dataset") -> None:
+    """A ``UserError`` naming ``where`` unless ``name`` is a dataset of the catalogue."""
+    if name not in DATASETS:
+        raise UserError.bad_value(where, name, ", ".join(DATASETS), list(DATASETS))
+
+
 def load_dataset(cfg: DataConfig | str, seed: int = 0) -> ImageDataset:
     """Load ``cfg.dataset`` into memory (CPU), then take the balanced subset and add label noise.
 

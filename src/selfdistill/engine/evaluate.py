@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..analysis.metrics import EvalAccumulator, FidelityAccumulator, TeacherDiagnostics
 from ..data import Augment, eval_batches
 from ..distributed import Dist, all_reduce_sum
 from ..losses import ensemble_probs
-from ..metrics import EvalAccumulator, FidelityAccumulator, TeacherDiagnostics
 from .runtime import Precision
 
 

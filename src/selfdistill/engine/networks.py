@@ -13,7 +13,7 @@ a CPU too: its inference took 0.82x (resnet20, 1x28x28) and 0.78x (resnet56, 3x3
 here (2-core CPU, batch 64, torch 2.13), and it has no gradients whose layout could matter. Their outputs reach
 the method as ``Outputs.others[role]``, as ordinary tensors (cloned out of inference mode, so a loss may
 use them like any other tensor; they never carry gradient). They are never saved into the student's
-checkpoint; the run records their :class:`~selfdistill.teachers.TeacherSource` instead.
+checkpoint; the run records their :class:`~selfdistill.models.teachers.TeacherSource` instead.
 """
 
 from __future__ import annotations

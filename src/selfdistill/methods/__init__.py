@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any
 
 from ..config import build_dataclass
-from ..errors import UserError, did_you_mean
+from ..errors import UserError, did_you_mean, require
 from .bake import BAKE
 from .base import Batch, Method, Outputs, SetupContext
 from .bd_kd import BDKD
@@ -84,6 +84,36 @@ def method_options(name: str, values: dict[str, Any]) -> dict[str, Any]:
             for cls in members}
 
 
+def resolve_method(method: dict[str, Any]) -> dict[str, Any]:
+    """``config.method`` as written (a name and options) checked and completed: every option with its default."""
+    options = {k: v for k, v in method.items() if k != "name"}
+    return {"name": method["name"], **method_options(method["name"], options)}
+
+
+def check_method_fits(method: dict[str, Any], teachers: int, batch_size: int) -> None:
+    """Check that a resolved ``config.method`` can run with this many teachers and this batch size."""
+    stack = build_method(method)
+    _check_teacher_count(method["name"], stack.teachers_needed, teachers)
+    minimum = stack.min_batch_size
+    require(batch_size >= minimum, "data.batch_size", batch_size,
+            f"an integer >= {minimum} for method {method['name']}")
+
+
+def _check_teacher_count(name: str, needed: tuple[int, int | None], given: int) -> None:
+    fewest, most = needed
+    if most == 0 and given:
+        raise UserError(f"method {name} takes no teacher, but {given} was given (--teacher / teachers:); drop it, "
+                        "or choose a method that distils one (kd, dkd, dist, ...; `selfdistill methods`)")
+    if given < fewest:
+        what = "a teacher" if fewest == 1 else f"at least {fewest} teachers"
+        raise UserError(f"method {name} needs {what}, got {given}: add --teacher RUN_DIR (a finished run) or "
+                        "--teacher PATH:ARCH (a weights file and its architecture)" + (
+                            ", once per teacher" if fewest > 1 else ""))
+    if most is not None and given > most:
+        raise UserError(f"method {name} takes at most {most} teacher(s), got {given}")
+
+
+
 def build_method(config: dict[str, Any]) -> MethodStack:
     """The method stack for a resolved ``config.method`` (``{"name": ..., **options}``)."""
     members = _members(config["name"])
@@ -95,4 +125,4 @@ def build_method(config: dict[str, Any]) -> MethodStack:
 
 
 __all__ = ["ALIASES", "Batch", "CrossEntropy", "DLB", "DLBOptions", "METHODS", "Method", "MethodStack", "Outputs",
-           "SetupContext", "build_method", "method_names", "method_options"]
+           "SetupContext", "build_method", "check_method_fits", "method_names", "method_options", "resolve_method"]

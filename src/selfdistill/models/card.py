@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .errors import UserError, one_line
-from .fileio import atomic_write_json
+from ..errors import UserError, one_line
+from ..fileio import atomic_write_json
 
 FORMAT = "selfdistill-model"
 VERSION = 1

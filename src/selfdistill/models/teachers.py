@@ -34,10 +34,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import UserError, did_you_mean, one_line
-from .modelcard import ModelCard, card_path, read_model_card, weights_sha256
-from .models import build_model, model_names
-from .models.foreign import check_state_fits, is_foreign_checkpoint, to_our_keys
+from ..errors import UserError, did_you_mean, one_line
+from . import build_model, model_names
+from .card import ModelCard, card_path, read_model_card, weights_sha256
+from .foreign import check_state_fits, is_foreign_checkpoint, to_our_keys
 
 
 @dataclass(frozen=True)

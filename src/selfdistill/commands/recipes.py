@@ -6,10 +6,11 @@ then ``# Reproduces: ...`` saying which published or recorded figure it reproduc
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BUNDLED_RECIPES
+from ..config import BUNDLED_RECIPES
 
 REPRODUCES = "# Reproduces:"
 
@@ -41,3 +42,8 @@ def format_recipes(recipes: list[Recipe]) -> str:
         lines.append(f"{r.name:<{width}}  {r.description}")
         lines.append(f"{'':<{width}}  reproduces: {r.reproduces}")
     return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    print(format_recipes(bundled_recipes()))
+    return 0

@@ -8,15 +8,16 @@ on a 6,000-image slice, so it says so: a difference of a point or so is within s
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
-from .config import resolve
-from .engine import train
-from .errors import OutputError
-from .fileio import atomic_write_text, unused_path
-from .plots import Curve, curve_panels
-from .report import eval_metric, eval_split, load_run
+from ..analysis.plots import Curve, curve_panels
+from ..analysis.report import eval_metric, eval_split, load_run
+from ..engine import train
+from ..engine.validate import resolve
+from ..errors import OutputError
+from ..fileio import atomic_write_text, unused_path
 
 RECIPE = {
     "data": {"dataset": "fashion-mnist-mini", "batch_size": 64},
@@ -75,3 +76,10 @@ def run_demo(out: str | None, epochs: int, model: str, seed: int, threads: int |
     print(f"\n{table}\n\n{CAVEAT}\nimages/s counts every image forwarded (DLB: new + replayed). "
           f"Plot (top-1, NLL, ECE per epoch): {plot}")
     return folder
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.threads != "auto":
+        resolve([{"train": {"threads": args.threads}}])  # the same check as train's
+    run_demo(args.out, args.epochs, args.model, args.seed, threads=args.threads)
+    return 0

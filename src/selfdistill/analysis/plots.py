@@ -2,7 +2,7 @@
 
 Figures are built with matplotlib's object API (no pyplot, so no global backend or figure state) and
 written through :func:`~selfdistill.fileio.atomic_write_bytes`. Reliability diagrams take the raw
-bins of :meth:`~selfdistill.metrics.EvalAccumulator.reliability`.
+bins of :meth:`~selfdistill.analysis.metrics.EvalAccumulator.reliability`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from .metrics import ece_from_reliability
 
 LEGEND_INSIDE = (4, 30)  # more curves or longer labels than this: the legend moves outside, to the right

@@ -23,9 +23,12 @@ gives the 1-minute load average beside them.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,14 +37,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import Config
-from .data import ImageDataset, load_dataset, train_batches
-from .engine import Trainer, evaluate_networks
-from .engine.evaluate import teacher_predictions
-from .engine.optim import make_optimizer
-from .engine.runtime import derive_seed, synchronize, usable_cpus
-from .errors import require
-from .models import build_model
+from ..config import Config
+from ..data import ImageDataset, load_dataset, train_batches
+from ..engine import Trainer, evaluate_networks
+from ..engine.evaluate import teacher_predictions
+from ..engine.optim import make_optimizer
+from ..engine.runtime import derive_seed, synchronize, usable_cpus
+from ..errors import require
+from ..models import build_model
+from .train import train_config
 
 
 def _subset(data: ImageDataset, size: int, seed: int) -> ImageDataset:
@@ -195,3 +199,15 @@ def format_bench(r: dict[str, Any]) -> str:
         lines.append(f"load average (1 min) {load:.2f} on {cpus} CPUs; timings are indicative when other work "
                      "shares the machine")
     return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    args.set = [*args.set, "train.progress=false", "train.status_every=0"]  # the table is all it prints
+    config, _ = train_config(args)
+
+    def say(line: str) -> None:  # a line per round, on a terminal
+        print(line, file=sys.stderr, flush=True)
+
+    result = run_bench(config, args.steps, args.repeats, say if sys.stderr.isatty() else None)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0

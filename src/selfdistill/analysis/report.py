@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import REPORT_IGNORED_FIELDS, Config, parse_yaml, resolve
-from .errors import UserError, one_line
-from .fileio import atomic_write_text
+from ..config import REPORT_IGNORED_FIELDS, Config, parse_yaml
+from ..engine.validate import resolve
+from ..errors import UserError, one_line
+from ..fileio import atomic_write_text
 from .plots import Curve, curve_panels, reliability_grid
 
 # (metric, column header, digits); the first three are read as <split>_<metric>

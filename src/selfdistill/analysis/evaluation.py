@@ -1,6 +1,6 @@
 """``selfdistill eval RUN_DIR|model.pt``: evaluate saved weights on a whole dataset split.
 
-The model card (``model.json``, see :mod:`selfdistill.modelcard`) says which architecture the weights
+The model card (``model.json``, see :mod:`selfdistill.models.card`) says which architecture the weights
 fit, how many classes and channels it has, the input size and the normalisation. ``model=`` replaces
 the card's architecture and ``dataset=`` the dataset it is evaluated on; a model saved by an older
 version has no card and needs both, and then takes the dataset's standard normalisation and its raw
@@ -21,7 +21,7 @@ student by default); another role's results go to ``eval-<role>-<dataset>-<split
 the evaluated network's ``role`` and all of the run's roles (``run_roles``) whenever the weights are a
 finished run's, however they were given (the run directory, or ``runs/x/peer1.pt`` itself).
 
-With ``teachers`` (entries as ``train --teacher`` takes them, loaded by :mod:`selfdistill.teachers`),
+With ``teachers`` (entries as ``train --teacher`` takes them, loaded by :mod:`selfdistill.models.teachers`),
 every teacher sees the same normalised images as the model (re-normalised when its card records other
 statistics) and the results add the model's fidelity to them (top-1 agreement and predictive
 KL(teacher || model), Stanton et al. 2021; several teachers: the mean of their probabilities) and the
@@ -41,20 +41,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .config import DataConfig, SyntheticConfig, read_yaml_file, resolve
-from .data import DATASETS, Augment, ImageDataset, eval_batches, load_dataset
-from .engine.evaluate import TeacherPredictions, teacher_predictions
-from .engine.networks import FrozenNetwork
-from .engine.rundir import METRICS, network_files
-from .engine.runtime import Precision
-from .errors import UserError, one_line
-from .fileio import atomic_write_json, atomic_write_text
-from .methods.base import ROLE_PATTERN, STUDENT
+from ..config import DataConfig, SyntheticConfig, read_yaml_file
+from ..data import DATASETS, Augment, ImageDataset, eval_batches, load_dataset
+from ..engine.evaluate import TeacherPredictions, teacher_predictions
+from ..engine.networks import FrozenNetwork
+from ..engine.rundir import METRICS, network_files
+from ..engine.runtime import Precision
+from ..engine.validate import resolve
+from ..errors import UserError, one_line
+from ..fileio import atomic_write_json, atomic_write_text
+from ..methods.base import ROLE_PATTERN, STUDENT
+from ..models import build_model, model_names
+from ..models.card import ModelCard, card_path, read_model_card, weights_sha256
+from ..models.teachers import DataShape, LoadedTeacher, TeacherSpec, load_teacher, parse_teacher, teacher_roles
 from .metrics import EvalAccumulator, FidelityAccumulator
-from .modelcard import ModelCard, card_path, read_model_card, weights_sha256
-from .models import build_model, model_names
 from .plots import reliability_figure
-from .teachers import DataShape, LoadedTeacher, TeacherSpec, load_teacher, parse_teacher, teacher_roles
 
 SPLITS = ("test", "train")
 WEIGHT_SUFFIXES = (".pt", ".pth")

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from .errors import PeerFailure
+from ..errors import PeerFailure
 
 GRACE_S = 8.0  # how long the others may take to stop on their own once one process has failed
 
