@@ -1,4 +1,12 @@
-"""Architectures by name, each built as ``build_model(name, num_classes, in_channels, image_size)``.
+"""Architectures by name, each built as ``build_model(name, num_classes, in_channels, image_size, options)``.
+
+A name is one of ours (below), one added by :func:`register_model`, one a package registers in the
+``selfdistill.models`` entry-point group, or a user's factory as ``package.module:function`` (``user.py``).
+``options`` (``model.options`` in a config) are the architecture's knobs: for ours a typed dataclass each
+(``options.py``; e.g. the MLP's ``hidden`` widths and ``dropout``, the CNN's ``width``, a CIFAR ResNet's
+``width`` multiplier), for a user's factory its keyword arguments. :func:`resolve_model_options` checks them
+and fills in the defaults without building anything; the built model records its name as ``model.arch``
+and the resolved options as ``model.arch_options``, which is what rebuilds the same network.
 
 Every model names its stages ``layer1``, ``layer2``, ... (``model.stages``), ends in a linear
 classifier ``fc`` and pools adaptively; intermediate features come from :class:`FeatureTaps`.
@@ -16,22 +24,26 @@ mdistiller's ``cifar_model_dict``) is here under its names: ``resnet8`` ... ``re
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
 import torch.nn as nn
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from .densenet import densenet_bc
 from .mobilenetv2 import mobilenetv2
+from .options import NoOptions, check_dataclass_options, check_keyword_options
 from .resnet_bottleneck import resnet50_cifar
 from .resnet_cifar import cifar_resnet, resnet18
 from .shufflenet import shufflenet_v1, shufflenet_v2
 from .small import MLP, SmallCNN
 from .taps import FeatureTaps, tap_names
+from .user import call_factory, entry_point_names, is_spec, load_entry_point, load_spec, refresh_entry_points
 from .vgg import reference_vgg, vgg
 from .wrn import wrn
 
-Builder = Callable[[int, int, int], nn.Module]
+# builder(num_classes, in_channels, image_size, **options) -> nn.Module
+Builder = Callable[..., nn.Module]
 
 MODELS: dict[str, Builder] = {
     "mlp": MLP,
@@ -74,26 +86,103 @@ def faster_in_channels_last_on_cpu(name: str) -> bool:
     return name in CPU_CHANNELS_LAST
 
 
+OURS = frozenset(MODELS.values())  # builders whose failures are bugs in selfdistill, not in a user's code
+
+
 def model_names() -> list[str]:
-    return list(MODELS)
+    """Every name ``--model`` takes: ours, registered ones and entry points (listed, not imported); a
+    ``package.module:function`` spec is accepted as well but not listed."""
+    return [*MODELS, *(name for name in entry_point_names() if name not in MODELS)]
 
 
 def register_model(name: str, builder: Builder) -> None:
-    """Make ``builder(num_classes, in_channels, image_size)`` selectable as ``--model name``."""
+    """Make ``builder(num_classes, in_channels, image_size, **options)`` selectable as ``--model name``.
+
+    Its options are checked against its signature (see ``options.py``), or, where the builder has an
+    ``Options`` dataclass attribute as ours do (with a ``check(where)`` method), against that."""
     MODELS[name] = builder
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    if name not in MODELS:
-        raise UserError.bad_value("model.name", name, ", ".join(MODELS))
-    model = MODELS[name](num_classes, in_channels, image_size)
-    model.arch = name  # the name messages use (e.g. foreign.check_state_fits)
+def _builder(name: Any, where: str) -> Builder:
+    """The builder of architecture ``name``; ``where`` names the field in the one-line error."""
+    if isinstance(name, str) and name in MODELS:
+        return MODELS[name]
+    if is_spec(name):
+        return load_spec(name, where)
+    factory = load_entry_point(name, where) if isinstance(name, str) else None
+    if factory is None:
+        names = model_names()
+        hint = " (a user model is named as package.module:function)" if isinstance(name, str) and ":" in name else ""
+        raise UserError(f"{where}={name!r} is not allowed{did_you_mean(name, names)}{hint}; allowed: "
+                        f"{', '.join(names)}, or package.module:function for your own")
+    return factory
+
+
+def check_model_name(name: Any, where: str = "model.name") -> None:
+    """Raise a one-line ``UserError`` unless ``name`` names an architecture: ours, a registered one, an entry
+    point (imported now, so a broken one fails here) or a ``package.module:function`` spec (imported now)."""
+    _builder(name, where)
+
+
+def is_model_name(name: Any) -> bool:
+    """Whether :func:`check_model_name` accepts ``name`` (it may import a spec's module or an entry point)."""
+    try:
+        _builder(name, "model.name")
+    except UserError:
+        return False
+    return True
+
+
+def _options(builder: Builder, name: str, options: Any, where: str, name_where: str) -> dict[str, Any]:
+    cls = getattr(builder, "Options", NoOptions if builder in OURS else None)
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        return check_dataclass_options(cls, options, name, where)
+    return check_keyword_options(builder, options, f"{name_where} {name!r}", where)
+
+
+def resolve_model_options(name: str, options: dict[str, Any] | None = None, where: str = "model.options",
+                          name_where: str = "model.name") -> dict[str, Any]:
+    """Every option of architecture ``name``, ``options`` checked and the rest at their defaults; builds no network.
+
+    A wrong key or value is a one-line ``UserError`` naming ``where.<key>`` (``teachers[0].options.hidden``
+    for a teacher); an unknown ``name`` one naming ``name_where``."""
+    return _options(_builder(name, name_where), name, options, where, name_where)
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
+                options: dict[str, Any] | None = None, where: str = "model.options",
+                name_where: str = "model.name") -> nn.Module:
+    """Architecture ``name`` with ``options`` (see :func:`resolve_model_options`) for ``num_classes`` classes
+    of ``in_channels`` x ``image_size`` x ``image_size`` images. The model records ``arch`` (its name, which
+    messages use, e.g. ``foreign.check_state_fits``) and ``arch_options`` (every option, defaults included)."""
+    builder = _builder(name, name_where)
+    resolved = _options(builder, name, options, where, name_where)
+    if builder in OURS:
+        model = builder(num_classes, in_channels, image_size, **resolved)
+    else:
+        model = call_factory(builder, f"{name_where} {name!r}", num_classes, in_channels, image_size, resolved)
+    _record(model, name, resolved, name_where)
     return model
+
+
+_MISSING = object()
+
+
+def _record(model: nn.Module, name: str, options: dict[str, Any], name_where: str) -> None:
+    """Set ``model.arch`` and ``model.arch_options``, refusing to replace a user model's own attributes."""
+    for attribute, value in (("arch", name), ("arch_options", options)):
+        current = getattr(model, attribute, _MISSING)
+        if current is _MISSING:
+            setattr(model, attribute, value)
+        elif not (type(current) is type(value) and current == value):
+            raise UserError(f"{name_where} {name!r}: the model has an attribute {attribute!r} of its own, where "
+                            f"selfdistill records what built it; rename that attribute")
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["ALIASES", "CPU_CHANNELS_LAST", "FeatureTaps", "MODELS", "build_model", "count_parameters",
-           "faster_in_channels_last_on_cpu", "model_names", "register_model", "tap_names"]
+__all__ = ["ALIASES", "CPU_CHANNELS_LAST", "FeatureTaps", "MODELS", "build_model", "check_model_name",
+           "count_parameters", "faster_in_channels_last_on_cpu", "is_model_name", "model_names",
+           "refresh_entry_points", "register_model", "resolve_model_options", "tap_names"]

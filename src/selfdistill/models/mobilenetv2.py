@@ -14,18 +14,22 @@ The reference takes its features after groups 1, 2, 4 and 6 (0-based); our stage
 stage outputs are its ``feat[1..4]`` and the last one its ``feat[-2]``. :meth:`MobileNetV2.head` applies
 ``conv2``, pooling and ``fc`` (the reference's ``classifier.0``). The reference asserts a multiple of
 32 as input size and pools with a fixed window; we pool adaptively, identical on 32 x 32, and run
-28 x 28 as well.
+28 x 28 as well. Options ``width_mult`` (0.5) and ``expansion`` (6) are the multiplier and T above;
+other values no longer fit the published checkpoints.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from ..errors import require
 from .common import conv_bn_relu
+from .options import ModelOptions
 
 SETTINGS = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1),
             (None, 160, 3, 2), (None, 320, 1, 1)]  # (expansion, channels, blocks, stride); None: use T
@@ -91,5 +95,21 @@ class MobileNetV2(nn.Module):
         return self.head(x)
 
 
-def mobilenetv2(expansion: int = 6, width: float = 0.5) -> Callable[[int, int, int], MobileNetV2]:
-    return lambda num_classes, in_channels, image_size: MobileNetV2(expansion, width, num_classes, in_channels)
+@dataclass
+class MobileNetV2Options(ModelOptions):
+    width_mult: float = 0.5  # the width multiplier (the name's 0.5: RepDistiller's mobile_half)
+    expansion: int = 6  # T, the expansion of every inverted residual after the first group
+
+    def check(self, where: str) -> None:
+        require(1 / 16 <= self.width_mult <= 4, f"{where}.width_mult", self.width_mult,
+                "a number in [0.0625, 4] (the 16-channel group needs at least one channel)")
+        require(1 <= self.expansion <= 16, f"{where}.expansion", self.expansion, "an integer in [1, 16]")
+
+
+def mobilenetv2(expansion: int = 6, width: float = 0.5) -> Callable[..., MobileNetV2]:
+    def build(num_classes: int, in_channels: int, image_size: int, width_mult: float = width,
+              expansion: int = expansion) -> MobileNetV2:
+        return MobileNetV2(expansion, width_mult, num_classes, in_channels)
+
+    build.Options = MobileNetV2Options
+    return build

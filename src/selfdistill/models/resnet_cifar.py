@@ -4,7 +4,9 @@
   stages of 16/32/64 channels. Shortcuts that change shape use a 1x1 convolution + BN (option B, as in
   RepDistiller/CRD), not the paper's zero-padding option A.
 * ``resnet8x4`` / ``resnet32x4``: the same with a 32-channel stem and 64/128/256-channel stages, as in
-  the KD literature.
+  the KD literature. Option ``width`` is this multiplier for every depth (1 for ``resnetN``, 4 for
+  ``resnetNx4``): stages of 16/32/64 times ``width`` channels after a stem of max(16, 8 * width), which
+  gives both forms; other widths are not in the literature.
 * ``resnet18``: the ImageNet ResNet-18 layout (BasicBlocks [2, 2, 2, 2], 64-512 channels) with a 3x3
   stride-1 stem and no max-pool, the usual form for 32 x 32 inputs (RepDistiller's ``resnetv2.ResNet18``).
 
@@ -22,13 +24,18 @@ BasicBlock [18, 18, 18] ResNet-110. All models pool adaptively, so 28 x 28 input
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import require
 from .common import init_weights
+from .options import MAX_MULTIPLIER, ModelOptions
 
 
 class BasicBlock(nn.Module):
@@ -84,13 +91,35 @@ class ResNet(nn.Module):
         return self.head(x)
 
 
-def cifar_resnet(depth: int, width_factor: int = 1) -> Callable[[int, int, int], ResNet]:
+@dataclass
+class CifarResNetOptions(ModelOptions):
+    width: int = 1  # multiplies the stage widths 16/32/64; the stem has max(16, 8 * width) channels
+
+    def check(self, where: str) -> None:
+        require(1 <= self.width <= MAX_MULTIPLIER, f"{where}.width", self.width,
+                f"an integer in [1, {MAX_MULTIPLIER}]")
+
+
+@functools.cache
+def cifar_resnet_options(width: int) -> type[CifarResNetOptions]:
+    """The options of the CIFAR ResNets whose name means width multiplier ``width`` (``resnet8x4``: 4)."""
+    if width == 1:
+        return CifarResNetOptions
+    return dataclasses.make_dataclass(f"CifarResNetX{width}Options", [("width", int, width)],
+                                      bases=(CifarResNetOptions,))
+
+
+def cifar_resnet(depth: int, width_factor: int = 1) -> Callable[..., ResNet]:
+    """The builder of the CIFAR ResNet of ``depth`` whose width multiplier defaults to ``width_factor``."""
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
     n = (depth - 2) // 6
-    if width_factor == 1:
-        return lambda num_classes, in_channels, image_size: ResNet([n] * 3, [16, 32, 64], 16, num_classes, in_channels)
-    return lambda num_classes, in_channels, image_size: ResNet([n] * 3, [64, 128, 256], 32, num_classes, in_channels)
+
+    def build(num_classes: int, in_channels: int, image_size: int, width: int = width_factor) -> ResNet:
+        return ResNet([n] * 3, [16 * width, 32 * width, 64 * width], max(16, 8 * width), num_classes, in_channels)
+
+    build.Options = cifar_resnet_options(width_factor)
+    return build
 
 
 def resnet18(num_classes: int, in_channels: int, image_size: int) -> ResNet:

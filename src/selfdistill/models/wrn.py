@@ -1,7 +1,9 @@
 """Wide ResNets (Zagoruyko & Komodakis, 2016): WRN-d-k with pre-activation blocks, d = 6n + 4.
 
 Three stages of n blocks with 16k, 32k, 64k channels after a 16-channel stem, then BN-ReLU, pooling
-and a linear head; no dropout. The DLB code's "wide_resnet20_8" is not a WRN but a bottleneck ResNet
+and a linear head. Depth and widening factor are in the name; option ``dropout`` (default 0, none) is
+the paper's dropout between the two convolutions of every block (it used 0.3 on CIFAR), placed as
+RepDistiller's ``dropRate``. The DLB code's "wide_resnet20_8" is not a WRN but a bottleneck ResNet
 ([2, 2, 2] Bottlenecks, internal widths 128/256/512); depth 20 is not a valid WRN depth. We build
 standard WRNs; WRN-16-8 is the one closest to it in depth and width.
 
@@ -19,6 +21,7 @@ reference's ``feat[-2]``; :meth:`WideResNet.head` applies BN-ReLU, pooling and `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -26,13 +29,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .common import init_weights
+from .options import ModelOptions, check_rate
 
 
 class PreActBlock(nn.Module):
     inplace_outputs = ("bn1", "bn2", "conv2")  # rectified / summed in place (see taps.py)
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
@@ -42,7 +47,10 @@ class PreActBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x), inplace=True)
         shortcut = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv2(F.relu(self.bn2(self.conv1(out)), inplace=True))
+        out = F.relu(self.bn2(self.conv1(out)), inplace=True)
+        if self.dropout > 0:
+            out = F.dropout(out, self.dropout, self.training)
+        out = self.conv2(out)
         out += shortcut
         return out
 
@@ -50,7 +58,7 @@ class PreActBlock(nn.Module):
 class WideResNet(nn.Module):
     stages = ("layer1", "layer2", "layer3")
 
-    def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int) -> None:
+    def __init__(self, depth: int, widen: int, num_classes: int, in_channels: int, dropout: float = 0.0) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n+4, got {depth}")
@@ -59,7 +67,8 @@ class WideResNet(nn.Module):
         self.stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         cin = 16
         for i, (name, width) in enumerate(zip(self.stages, widths)):
-            blocks = [PreActBlock(cin if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1) for j in range(n)]
+            blocks = [PreActBlock(cin if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1, dropout)
+                      for j in range(n)]
             setattr(self, name, nn.Sequential(*blocks))
             cin = width
         self.pool = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -74,5 +83,17 @@ class WideResNet(nn.Module):
         return self.head(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
 
-def wrn(depth: int, widen: int) -> Callable[[int, int, int], WideResNet]:
-    return lambda num_classes, in_channels, image_size: WideResNet(depth, widen, num_classes, in_channels)
+@dataclass
+class WRNOptions(ModelOptions):
+    dropout: float = 0.0  # between the two convolutions of every block (the paper: 0.3 on CIFAR)
+
+    def check(self, where: str) -> None:
+        check_rate(self.dropout, f"{where}.dropout")
+
+
+def wrn(depth: int, widen: int) -> Callable[..., WideResNet]:
+    def build(num_classes: int, in_channels: int, image_size: int, dropout: float = 0.0) -> WideResNet:
+        return WideResNet(depth, widen, num_classes, in_channels, dropout)
+
+    build.Options = WRNOptions
+    return build
