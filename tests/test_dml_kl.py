@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from selfdistill.config import resolve
+from selfdistill.engine import resolve
 from selfdistill.errors import UserError
 from selfdistill.losses import kd_kl, official_dml_kl
 from selfdistill.methods import Batch, Outputs, build_method

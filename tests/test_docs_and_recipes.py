@@ -16,7 +16,7 @@ README = (ROOT / "README.md").read_text()
 RECIPES = sorted((ROOT / "src" / "selfdistill" / "configs").glob("*.yaml"))
 # channels, size, classes of a synthetic stand-in for each dataset a recipe names
 STAND_INS = {"cifar10": (3, 32, 10), "cifar100": (3, 32, 100), "tiny-imagenet": (3, 32, 200),
-             "fashion-mnist": (1, 28, 10)}
+             "fashion-mnist": (1, 28, 10), "mnist": (1, 28, 10)}
 
 
 def bash_blocks(text):

@@ -86,7 +86,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn"
+    name: str = "cnn"  # ours (`selfdistill models`), an entry point's, or package.module:function
+    # the architecture's knobs (e.g. an MLP's hidden widths), checked by the models layer; a resolved config
+    # lists every one with its default, and the model card records them
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +133,8 @@ class TrainConfig:
 @dataclass
 class Config:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
-    teachers: list[dict[str, Any]] = field(default_factory=list)  # frozen teachers: {path, model}, see models/teachers.py
+    # frozen teachers: {path, model, options}, see models/teachers.py
+    teachers: list[dict[str, Any]] = field(default_factory=list)
     # per-role overrides of optim/schedule for the trainable networks of online methods, e.g.
     # {"teacher": {"optim": {"lr": 0.1}}}; a role without an entry uses optim/schedule as they are
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -337,13 +341,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``override`` into a copy of ``base``. A new method name drops the old options."""
+    """Deep-merge ``override`` into a copy of ``base``. A new method name drops the old method's options,
+    a new model name the old model's options."""
     out = copy.deepcopy(base)
     for key, value in override.items():
         if key == "method" and isinstance(value, dict) and "name" in value:
             previous = out.get("method")
             if not isinstance(previous, dict) or value["name"] != previous.get("name"):
                 out["method"] = {}
+        if key == "model" and isinstance(value, dict) and "name" in value and isinstance(out.get("model"), dict):
+            if value["name"] != out["model"].get("name"):
+                out["model"] = {k: v for k, v in out["model"].items() if k != "options"}
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:

@@ -51,7 +51,7 @@ from ..engine.validate import resolve
 from ..errors import UserError, one_line
 from ..fileio import atomic_write_json, atomic_write_text
 from ..methods.base import ROLE_PATTERN, STUDENT
-from ..models import build_model, model_names
+from ..models import build_model, check_model_name
 from ..models.card import ModelCard, card_path, read_model_card, weights_sha256
 from ..models.teachers import DataShape, LoadedTeacher, TeacherSpec, load_teacher, parse_teacher, teacher_roles
 from .metrics import EvalAccumulator, FidelityAccumulator
@@ -162,9 +162,7 @@ def input_spec(card: ModelCard | None, model: str | None, data: ImageDataset, we
     """What the model expects (the card, with ``model`` as its architecture when given; for weights
     without a card, what the dataset gives), checked against what the dataset gives."""
     name = model or card.model
-    if name not in model_names():
-        field = "--model" if model else f"{card_path(weights)}: model"
-        raise UserError.bad_value(field, name, ", ".join(model_names()), model_names())
+    check_model_name(name, "--model" if model else f"{card_path(weights)}: model")
     if card is None:
         return ModelCard(name, data.num_classes, data.in_channels, data.image_size, None, list(data.mean),
                          list(data.std), data.name, "", weights_sha256(weights))
@@ -179,7 +177,7 @@ def input_spec(card: ModelCard | None, model: str | None, data: ImageDataset, we
     if side != card.image_size:
         raise UserError(f"{where}: the model was trained on {card.image_size}x{card.image_size} inputs but "
                         f"{data.name} gives {side}x{side}; evaluate it on a dataset of that image size")
-    return dataclasses.replace(card, model=name)
+    return dataclasses.replace(card, model=name, options=card.options if name == card.model else {})
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -199,7 +197,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def build_fitted(spec: ModelCard, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     """The architecture with the weights loaded; the first key that disagrees is named."""
-    net = build_model(spec.model, spec.num_classes, spec.in_channels, spec.image_size)
+    net = build_model(spec.model, spec.num_classes, spec.in_channels, spec.image_size, spec.options)
     side = spec.image_size
     what = f"{spec.model} ({spec.num_classes} classes, {spec.in_channels}-channel {side}x{side} input)"
     expected = net.state_dict()

@@ -66,7 +66,7 @@ class BareLoop:
         cfg, d = trainer.config, trainer.data
         self.trainer = trainer
         torch.manual_seed(derive_seed(cfg.train.seed, "init"))  # the student's initial weights
-        model = build_model(cfg.model.name, d.num_classes, d.in_channels, trainer.image_size)
+        model = build_model(cfg.model.name, d.num_classes, d.in_channels, trainer.image_size, cfg.model.options)
         self.model = trainer.precision.model(model).to(trainer.device)
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg.role_optim("student"))
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model

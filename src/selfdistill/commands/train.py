@@ -38,7 +38,7 @@ def train_config(args: argparse.Namespace) -> tuple[Config, Path]:
     layers += [parse_assignment(item) for item in args.set]
     config = resolve(layers)
     out = Path(args.out) if args.out else unused_path(Path("runs") / (
-        f"{config.method['name']}-{config.data.dataset}-{config.model.name}-s{config.train.seed}-"
+        f"{config.method['name']}-{config.data.dataset}-{config.model.name.replace(':', '.')}-s{config.train.seed}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"))
     return config, out
 

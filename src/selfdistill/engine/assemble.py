@@ -76,7 +76,7 @@ class RunAssembly:
         self.mixer = Mixer(mix.name, mix.alpha, mix.probability(), self.image_size) if mix.name != "none" else None
 
         torch.manual_seed(derive_seed(cfg.train.seed, "init"))
-        model = build_model(cfg.model.name, d.num_classes, d.in_channels, self.image_size)
+        model = build_model(cfg.model.name, d.num_classes, d.in_channels, self.image_size, cfg.model.options)
         self.model = self.precision.model(model).to(self.device)
         self._probe(self.model, f"model.name={cfg.model.name!r}")
         self.teachers = self._build_teachers()
@@ -139,7 +139,8 @@ class RunAssembly:
     def _build_networks(self, setup: SetupContext) -> dict[str, tuple[str, nn.Module]]:
         """The method's trainable networks besides the student, by role: (architecture, module on the
         device). Each is built under a seed of its own role, so adding a peer changes no other network's
-        initial weights; each is probed with two training images like the student."""
+        initial weights; each is probed with two training images like the student. A network of the student's
+        architecture gets the student's ``model.options`` (a DML peer "like the student" is like it)."""
         cfg, d = self.config, self.data
         torch.manual_seed(derive_seed(cfg.train.seed, "init", "networks"))
         specs: list[NetworkSpec] = self.method.networks(setup)
@@ -152,7 +153,9 @@ class RunAssembly:
             module = spec.module
             if module is None:
                 torch.manual_seed(derive_seed(cfg.train.seed, "init", spec.role))
-                module = build_model(spec.model, d.num_classes, d.in_channels, self.image_size)
+                same = spec.model == cfg.model.name  # a network like the student's takes the student's options
+                module = build_model(spec.model, d.num_classes, d.in_channels, self.image_size,
+                                     cfg.model.options if same else None)
             module = self.precision.model(module).to(self.device)
             self._probe(module, f"the {spec.role} network ({spec.model})")
             networks[spec.role] = (spec.model, module)

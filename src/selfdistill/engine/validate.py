@@ -2,9 +2,10 @@
 
 :func:`selfdistill.config.build_config` checks every key, type and range but knows no registry (the
 config module is a leaf). The names it cannot judge are checked here by the layer that owns each
-registry: the dataset by ``data``, the architecture by ``models``, the method and its options by
-``methods``, the teachers by ``models.teachers``. The result lists every option the run uses (the
-method's defaults filled in), so ``config.yaml`` in a run directory says everything.
+registry: the dataset by ``data``, the architecture and its options by ``models``, the method and its
+options by ``methods``, the teachers by ``models.teachers``. The result lists every option the run uses
+(the method's and the architecture's defaults filled in), so ``config.yaml`` in a run directory says
+everything.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..config import Config, build_config
 from ..data import check_dataset_name
 from ..errors import UserError
 from ..methods import check_method_fits, resolve_method
-from ..models import model_names
+from ..models import check_model_name, resolve_model_options
 from ..models.teachers import parse_teacher
 
 
@@ -27,8 +28,8 @@ def resolve(layers: list[dict[str, Any]]) -> Config:
     config.method = resolve_method(config.method)
     config.teachers = [parse_teacher(entry, f"teachers[{k}]").to_dict() for k, entry in enumerate(config.teachers)]
     check_dataset_name(config.data.dataset)
-    if config.model.name not in model_names():
-        raise UserError.bad_value("model.name", config.model.name, ", ".join(model_names()), model_names())
+    check_model_name(config.model.name)
+    config.model.options = resolve_model_options(config.model.name, config.model.options)
     check_method_fits(config.method, len(config.teachers), config.data.batch_size)
     return config
 

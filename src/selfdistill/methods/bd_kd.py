@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError, require
-from ..models import model_names
+from ..models import check_model_name
 from .base import Batch, Method, NetworkSpec, Outputs, SetupContext
 
 TEACHER = "teacher"
@@ -58,9 +58,7 @@ class BDKDOptions:
         if self.teacher_model is None:
             raise UserError("method.teacher_model: set the architecture of the online teacher, e.g. "
                             "--set method.teacher_model=resnet56")
-        if self.teacher_model not in model_names():
-            raise UserError.bad_value("method.teacher_model", self.teacher_model, ", ".join(model_names()),
-                                      model_names())
+        check_model_name(self.teacher_model, "method.teacher_model")
         require(self.temperature > 0, "method.temperature", self.temperature, "a number > 0")
         require(self.student_weight >= 0, "method.student_weight", self.student_weight, "a number >= 0")
         require(self.teacher_weight >= 0, "method.teacher_weight", self.teacher_weight, "a number >= 0")

@@ -50,7 +50,7 @@ import torch
 
 from ..errors import UserError, require
 from ..losses import kd_kl, official_dml_kl
-from ..models import model_names
+from ..models import check_model_name
 from .base import STUDENT, Batch, Method, NetworkSpec, Outputs, SetupContext
 
 
@@ -67,9 +67,8 @@ class DMLOptions:
             if not self.peers:
                 raise UserError("method.peers=[] is not allowed: a cohort needs at least 2 networks (the student "
                                 "and one peer); leave it unset for one peer of the student's architecture")
-            names = model_names()
             for k, arch in enumerate(self.peers):
-                require(arch in names, f"method.peers[{k}]", arch, ", ".join(names))
+                check_model_name(arch, f"method.peers[{k}]")
         require(self.temperature > 0, "method.temperature", self.temperature, "a number > 0")
 
 

@@ -94,7 +94,8 @@ class SOKD(Method):
 
     def networks(self, ctx: SetupContext) -> list[NetworkSpec]:
         arch, (channels, size, _) = ctx.teacher_names[0], ctx.input_shape
-        branch = build_model(arch, ctx.num_classes, channels, size)  # the architecture's own initialisation
+        options = getattr(ctx.teachers[0], "arch_options", None)  # the teacher's own widths, dropout, ...
+        branch = build_model(arch, ctx.num_classes, channels, size, options)  # the architecture's own initialisation
         frozen = trunk(branch, ctx.input_shape, arch)
         teacher = ctx.teachers[0].state_dict()
         keys = teacher if self.options.branch_init == "teacher" else \

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from ..distributed import Dist, all_reduce_sum
 from ..errors import UserError, require
 from ..losses import kd_kl
-from ..models import model_names
+from ..models import check_model_name
 from .base import Batch, Method, NetworkSpec, Outputs, SetupContext
 
 TEACHER = "teacher"
@@ -54,8 +54,7 @@ class SwitOKDOptions:
         if self.teacher_model is None:
             raise UserError("method.teacher_model: set the architecture of the online teacher, e.g. "
                             "--set method.teacher_model=wrn_16_2")
-        names = model_names()
-        require(self.teacher_model in names, "method.teacher_model", self.teacher_model, ", ".join(names))
+        check_model_name(self.teacher_model, "method.teacher_model")
         require(self.temperature > 0, "method.temperature", self.temperature, "a number > 0")
 
 

@@ -7,11 +7,13 @@ nothing else and refuses a card that belongs to other weights::
 
     {"format": "selfdistill-model", "version": 1, "model": "cnn", "num_classes": 10, "in_channels": 1,
      "image_size": 28, "pad_to": null, "mean": [0.286], "std": [0.353],
-     "dataset": "fashion-mnist-mini", "method": "dlb", "weights_sha256": "..."}
+     "dataset": "fashion-mnist-mini", "method": "dlb", "weights_sha256": "...", "options": {"width": 32}}
 
 ``image_size`` is the side of the square input the model sees, after zero padding raw images to
-``pad_to`` (when set); ``mean`` and ``std`` are per channel on the [0, 1] scale. Keys a later version
-of version 1 may add are ignored when reading.
+``pad_to`` (when set); ``mean`` and ``std`` are per channel on the [0, 1] scale; ``options`` are the
+architecture's options (``model.options``, every one with its value), so the same network is rebuilt
+(a card without them, from before they existed, means the defaults). Keys a later version of version 1
+may add are ignored when reading.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,6 +51,7 @@ class ModelCard:
     dataset: str
     method: str
     weights_sha256: str
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
@@ -148,10 +151,14 @@ CHECKS: dict[str, tuple[Any, str]] = {
     "dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name"),
     "method": (lambda v: isinstance(v, str), "a method name"),
     "weights_sha256": (lambda v: isinstance(v, str) and SHA256.match(v) is not None, "64 lower-case hex digits"),
+    "options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a mapping of option names"),
 }
+OPTIONAL = {"options": dict}  # fields a card may lack (written by earlier versions): their default
 
 
 def _field(path: Path, raw: dict[str, Any], name: str) -> Any:
+    if name not in raw and name in OPTIONAL:
+        return OPTIONAL[name]()
     if name not in raw:
         raise UserError(f"{path}: the model card lacks '{name}'; rewrite it or pass --model and --dataset")
     check, allowed = CHECKS[name]

@@ -35,20 +35,23 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError, did_you_mean, one_line
-from . import build_model, model_names
+from . import build_model, check_model_name, model_names, resolve_model_options
 from .card import ModelCard, card_path, read_model_card, weights_sha256
 from .foreign import check_state_fits, is_foreign_checkpoint, to_our_keys
+from .user import is_spec
 
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """One ``teachers:`` entry: a path, and the architecture when the path does not say it."""
+    """One ``teachers:`` entry: a path, the architecture when the path does not say it, and the
+    architecture's options when they are not the defaults and no model card says them."""
 
     path: str
     model: str | None = None
+    options: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "model": self.model}
+        return {"path": self.path, "model": self.model, "options": self.options}
 
 
 @dataclass(frozen=True)
@@ -65,26 +68,44 @@ class TeacherSource:
 
 
 def parse_teacher(entry: Any, where: str) -> TeacherSpec:
-    """``"PATH"``, ``"PATH:ARCH"`` or ``{path: PATH, model: ARCH}`` as a :class:`TeacherSpec`."""
+    """``"PATH"``, ``"PATH:ARCH"`` or ``{path: PATH, model: ARCH, options: {...}}`` as a :class:`TeacherSpec`.
+    ARCH may be a user's ``package.module:function``: the path ends at the first colon after which comes
+    an architecture (a name, or such a spec), so ``t.pt:pkg.nets:wide`` is ``t.pt`` and ``pkg.nets:wide``."""
+    options = None
     if isinstance(entry, dict):
-        unknown = sorted(set(entry) - {"path", "model"}, key=str)
+        unknown = sorted(set(entry) - {"path", "model", "options"}, key=str)
         if unknown:
-            raise UserError(f"unknown key {f'{where}.{unknown[0]}'!r}; a teacher has path and model")
-        path, model = entry.get("path"), entry.get("model")
+            raise UserError(f"unknown key {f'{where}.{unknown[0]}'!r}; a teacher has path, model and options")
+        path, model, options = entry.get("path"), entry.get("model"), entry.get("options")
     elif isinstance(entry, str):
         path, model = entry, None
-        head, sep, tail = entry.rpartition(":")
-        if sep and head and "/" not in tail and not _exists(Path(entry)):
-            path, model = head, tail
+        if not _exists(Path(entry)):
+            path, model = _split_arch(entry)
     else:
         raise UserError(f"{where}={entry!r} is not allowed; allowed: a path, PATH:ARCH, or a mapping with path "
                         "and model")
     if not isinstance(path, str) or not path:
         raise UserError(f"{where}.path={path!r} is not allowed; allowed: the path of a run directory or weights file")
-    if model is not None and (not isinstance(model, str) or model not in model_names()):
+    if model is not None and (not isinstance(model, str) or not (is_spec(model) or model in model_names())):
         raise UserError(f"{where}: unknown architecture {model!r}{did_you_mean(str(model), model_names())}; "
-                        f"allowed: {', '.join(model_names())}")
-    return TeacherSpec(path, model)
+                        f"allowed: {', '.join(model_names())}, or package.module:function for your own")
+    if options is not None and not isinstance(options, dict):
+        raise UserError(f"{where}.options must be a mapping of the architecture's options, got {options!r}")
+    if model is not None and options is not None:
+        options = resolve_model_options(model, options, f"{where}.options", f"{where}.model")
+    elif model is not None:
+        check_model_name(model, f"{where}.model")  # imports a user's factory now, so that a broken one ends here
+    return TeacherSpec(path, model, options)
+
+
+def _split_arch(entry: str) -> tuple[str, str | None]:
+    """``PATH:ARCH`` split at the first colon after which an architecture follows (no ``/``, and a plain
+    name or ``package.module:function``); without one, the whole entry is the path."""
+    for k, char in enumerate(entry):
+        tail = entry[k + 1:]
+        if char == ":" and k > 0 and tail and "/" not in tail and (":" not in tail or is_spec(tail)):
+            return entry[:k], tail
+    return entry, None
 
 
 def _exists(path: Path) -> bool:
@@ -161,14 +182,17 @@ def _weights_file(spec: TeacherSpec, where: str) -> Path:
 
 
 def _state_and_arch(spec: TeacherSpec, weights: Path, where: str) -> tuple[dict[str, torch.Tensor], str,
-                                                                          ModelCard | None]:
-    """The state_dict in our key names, the architecture, and the model card when there is one."""
+                                                                          dict[str, Any] | None, ModelCard | None]:
+    """The state_dict in our key names, the architecture, its options (the entry's, else those recorded
+    with the weights for that architecture; None: the defaults) and the model card when there is one."""
     obj = _load(weights, where)
     card = read_model_card(weights) if card_path(weights).is_file() and _is_state(obj) else None
     arch = spec.model or (card.model if card is not None else None)
+    recorded = card.options if card is not None and card.model == arch else None
     if isinstance(obj, dict) and _is_state(obj.get("model")) and isinstance(obj.get("config"), dict):
-        saved = obj["config"].get("model", {}).get("name") if isinstance(obj["config"].get("model"), dict) else None
-        arch = arch or saved
+        saved = obj["config"].get("model") if isinstance(obj["config"].get("model"), dict) else {}
+        arch = arch or saved.get("name")
+        recorded = saved.get("options") if saved.get("name") == arch else recorded
         state = obj["model"]  # a checkpoint.pt of ours
     elif is_foreign_checkpoint(obj):
         if arch is None:
@@ -183,7 +207,7 @@ def _state_and_arch(spec: TeacherSpec, weights: Path, where: str) -> tuple[dict[
     if arch is None:
         raise UserError(f"{where}: nothing says which architecture {weights} fits (no model.json beside it); give "
                         f"it: --teacher {spec.path}:ARCH")
-    return state, arch, card
+    return state, arch, spec.options if spec.options is not None else recorded, card
 
 
 def _check_fits_data(state: dict[str, torch.Tensor], card: ModelCard | None, data: DataShape, arch: str,
@@ -202,11 +226,13 @@ def _check_fits_data(state: dict[str, torch.Tensor], card: ModelCard | None, dat
                         f"{data.in_channels} channels")
 
 
-def _fitted(state: dict[str, torch.Tensor], arch: str, data: DataShape, weights: Path, where: str) -> nn.Module:
+def _fitted(state: dict[str, torch.Tensor], arch: str, options: dict[str, Any] | None, data: DataShape,
+            weights: Path, where: str) -> nn.Module:
     """The architecture with the weights loaded; the first key or shape that disagrees is named. BatchNorm's
     ``num_batches_tracked`` counters (absent from files of old PyTorch versions) do not matter for a
     frozen network: the model's own stand in for missing ones."""
-    net = build_model(arch, data.num_classes, data.in_channels, data.image_size)
+    net = build_model(arch, data.num_classes, data.in_channels, data.image_size, options, f"{where}.options",
+                      f"{where}.model")
     check_state_fits(net, state, f"{where}: {weights}")
     own = net.state_dict()
     counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked")}
@@ -227,14 +253,14 @@ class LoadedTeacher:
 def load_teacher(spec: TeacherSpec, data: DataShape, where: str = "teachers[0]") -> LoadedTeacher:
     """Read, check and build one teacher (see the module docstring)."""
     weights = _weights_file(spec, where)
-    state, arch, card = _state_and_arch(spec, weights, where)
-    if arch not in model_names():
+    state, arch, options, card = _state_and_arch(spec, weights, where)
+    if not is_spec(arch) and arch not in model_names():
         raise UserError(f"{where}: unknown architecture {arch!r}{did_you_mean(arch, model_names())}")
     _check_fits_data(state, card, data, arch, weights, where)
     if card is not None and card.image_size != data.image_size:
         raise UserError(f"{where}: {weights} was trained on {card.image_size}x{card.image_size} inputs, the student "
                         f"sees {data.image_size}x{data.image_size} (set data.pad_to to match)")
-    net = _fitted(state, arch, data, weights, where).eval().requires_grad_(False)
+    net = _fitted(state, arch, options, data, weights, where).eval().requires_grad_(False)
     input_map = None
     if card is not None and (_differs(card.mean, data.mean) or _differs(card.std, data.std)):
         input_map = Renormalize(data.mean, data.std, card.mean, card.std)
