@@ -92,7 +92,9 @@ def build_parser() -> Parser:
     train.add_argument("--method", help="ce, dlb, ... (`selfdistill methods`); combine with +, e.g. dlb+dsr "
                                         f"(default: {_default('method.name')})")
     train.add_argument("--dataset", help=f"`selfdistill datasets` (default: {_default('data.dataset')})")
-    train.add_argument("--model", help=f"`selfdistill models` (default: {_default('model.name')})")
+    train.add_argument("--model", help="`selfdistill models`, or package.module:function for your own nn.Module "
+                                       "factory (imported); its options: --set model.options.KEY=VALUE "
+                                       f"(default: {_default('model.name')})")
     train.add_argument("--teacher", action="append", metavar="RUN|PATH:ARCH",
                        help="a frozen teacher: a finished run directory, an online run's ROLE.pt (e.g. "
                             "runs/x/peer1.pt), or a weights file with its architecture (model.pt, checkpoint.pt, or a "
