@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from selfdistill.analysis.report import eval_metric, load_run
+from selfdistill.analysis.runs import eval_metric, load_run
 
 
 @dataclass(frozen=True)

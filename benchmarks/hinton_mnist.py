@@ -24,7 +24,7 @@ from pathlib import Path
 
 from grid import fmt
 
-from selfdistill.analysis.report import eval_metric, load_run
+from selfdistill.analysis.runs import eval_metric, load_run
 
 VARIANTS = {  # name -> (recipe, extra arguments; {teacher} is the teacher run of the same seed), stage
     "teacher": ("hinton_mnist_teacher", (), 0),

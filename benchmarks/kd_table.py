@@ -37,7 +37,7 @@ from pathlib import Path
 
 from grid import Grid, Variant, fmt, grid_parser
 
-from selfdistill.analysis.report import eval_metric, eval_split
+from selfdistill.analysis.runs import eval_metric, eval_split
 from selfdistill.methods import method_names
 
 FROM_TEACHER = ("kd", "dkd", "dist", "nkd", "sp", "crd", "mix_kd")

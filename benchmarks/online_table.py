@@ -38,7 +38,7 @@ from grid import Grid, Variant, fmt, grid_parser
 from matplotlib.figure import Figure
 
 from selfdistill.analysis.plots import draw_reliability, save_png
-from selfdistill.analysis.report import eval_metric
+from selfdistill.analysis.runs import eval_metric
 from selfdistill.config import parse_assignment
 from selfdistill.engine import resolve
 

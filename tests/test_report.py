@@ -13,13 +13,12 @@ from conftest import small_config
 from selfdistill.analysis.report import (
     accuracy_curve,
     build_report,
-    find_runs,
     group_runs,
-    load_run,
     markdown_table,
     pooled_reliability,
     summarize,
 )
+from selfdistill.analysis.runs import find_runs, load_run
 from selfdistill.config import parse_assignment
 from selfdistill.engine import resolve, train
 from selfdistill.errors import UserError

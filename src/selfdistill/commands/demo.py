@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.plots import Curve, curve_panels
-from ..analysis.report import eval_metric, eval_split, load_run
+from ..analysis.runs import eval_metric, eval_split, load_run
 from ..engine import train
 from ..engine.validate import resolve
 from ..errors import OutputError

@@ -10,26 +10,34 @@ Every key is checked: a key that does not exist, a value of the wrong type or ou
 chosen method live under ``method`` next to its ``name`` and are checked against that method's own
 options dataclass, so ``config.yaml`` in a run directory always lists every value that was used.
 
-YAML is read with a strict safe loader: a key given twice in one mapping is an error (PyYAML would
-keep the last silently), and a number field accepts every spelling Python's ``float()`` accepts
-(PyYAML reads ``1e-3`` as a string, since YAML 1.1 wants ``1.0e-3``); non-finite numbers are refused.
+YAML is read with a strict safe loader (``yaml_io.py``): a key given twice in one mapping is an error
+(PyYAML would keep the last silently), and a number field accepts every spelling Python's ``float()``
+accepts (PyYAML reads ``1e-3`` as a string, since YAML 1.1 wants ``1.0e-3``; ``typed.py``); non-finite
+numbers are refused.
+
+This package is a leaf: it imports nothing of selfdistill but ``errors``. It knows no registry, so the
+names of the dataset, model, method and teachers, and the method's and the model's options, are checked
+by the layers that own them (:func:`selfdistill.engine.validate.resolve`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import UserError, did_you_mean, one_line, require
+from ..errors import UserError, did_you_mean, require
+from .typed import build_dataclass
+from .yaml_io import BUNDLED_RECIPES, load_yaml, parse_yaml, read_yaml_file
+
+# read by the layers above through this package
+__all__ = ["BUNDLED_RECIPES", "Config", "DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig",
+           "SyntheticConfig", "TrainConfig", "build_config", "build_dataclass", "differences", "load_yaml", "merge",
+           "nested", "parse_assignment", "parse_yaml", "read_yaml_file"]
 
 Auto = Union[Literal["auto"], bool]  # "auto" or an explicit on/off
 
@@ -177,164 +185,6 @@ RESUMABLE_FIELDS = ("data.data_dir", "data.download", "train.device", "train.thr
 # differ only in these as seeds of one experiment.
 REPORT_IGNORED_FIELDS = (*RESUMABLE_FIELDS, "train.seed", "train.deterministic", "train.compile",
                          "train.eval_every", "data.eval_batch_size")
-
-
-# ----------------------------------------------------------------------------- building from dicts
-def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from ``values``, checking every key and coercing every value."""
-    if not isinstance(values, dict):
-        raise UserError(f"{where or 'config'} must be a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise UserError(f"unknown config key {path!r}{did_you_mean(key, names)}; allowed: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], path)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, value, path)
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, path)
-            except UserError:
-                continue
-        allowed = " or ".join(_type_name(o) for o in options)
-        raise UserError.bad_value(path, value, allowed)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, tuple):
-            value = list(value)
-        require(isinstance(value, list), path, value, f"a list of {_type_name(item)}")
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        require(isinstance(value, dict), path, value, "a mapping")
-        return dict(value)
-    if hint is bool:
-        require(isinstance(value, bool), path, value, "true or false")
-        return value
-    if hint is int:
-        number = _number(value)
-        require(number is not None and math.isfinite(number) and float(number).is_integer(), path, value,
-                "an integer")
-        return int(number)
-    if hint is float:
-        number = _number(value)
-        require(number is not None and math.isfinite(number), path, value, "a finite number")
-        return float(number)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if not (isinstance(value, str) and value in choices):
-            raise UserError.bad_value(path, value, ", ".join(map(str, choices)), map(str, choices))
-        return value
-    if hint is str:
-        require(isinstance(value, str), path, value, "a string")
-        return value
-    raise TypeError(f"unsupported config type {hint!r} at {path}")  # a bug in this file, not user input
-
-
-def _number(value: Any) -> int | float | None:
-    """``value`` as a number: ints and floats as they are, strings as Python's ``int()``/``float()`` read
-    them (``"1e-3"``, ``"1_000"``, ``" 5 "``); anything else (booleans included) is not a number."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        for parse in (int, float):
-            try:
-                return parse(value)
-            except (ValueError, OverflowError):
-                continue
-    return None
-
-
-def _type_name(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return " or ".join(map(str, typing.get_args(hint)))
-    return getattr(hint, "__name__", str(hint)).replace("NoneType", "null")
-
-
-# ----------------------------------------------------------------------------- YAML
-class StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` still work)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                duplicate = key in seen
-            except TypeError:
-                continue  # an unhashable key: the base class reports it
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice (lines {seen[key]} and {line})", key_node.start_mark)
-            seen[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    """Parse YAML ``text`` strictly and safely; a problem is a one-line ``UserError`` naming ``where``."""
-    try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{where}: not valid YAML ({one_line(exc)})") from None
-    except RecursionError:
-        raise UserError(f"{where}: not valid YAML (nested too deeply)") from None
-
-
-def read_yaml_file(path: Path, where: str) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping; an unreadable, binary or malformed file is a ``UserError``."""
-    try:
-        raw = path.read_bytes()
-    except IsADirectoryError:
-        raise UserError(f"{where}: is a directory, not a YAML file") from None
-    except OSError as exc:
-        raise UserError(f"{where}: cannot be read ({exc.strerror or exc})") from None
-    if b"\0" in raw:
-        raise UserError(f"{where}: is a binary file, not YAML")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{where}: is not UTF-8 text (byte {exc.start})") from None
-    data = parse_yaml(text, where)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: the top level must be a mapping of sections, not a {type(data).__name__}")
-    return data
-
-
-BUNDLED_RECIPES = Path(__file__).parent / "configs"
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file (``--config``); a bare name finds a bundled recipe."""
-    p = Path(path)
-    if not p.exists():
-        bundled = BUNDLED_RECIPES / f"{p.name.removesuffix('.yaml')}.yaml"
-        if p.parent == Path(".") and bundled.exists():
-            p = bundled
-        else:
-            names = sorted(c.stem for c in BUNDLED_RECIPES.glob("*.yaml"))
-            raise UserError(f"--config {path}: no such file{did_you_mean(str(path), names)} "
-                            f"(bundled recipes: {', '.join(names)}; see `selfdistill recipes`)")
-    return read_yaml_file(p, f"--config {path}")
 
 
 # ----------------------------------------------------------------------------- layering

@@ -1,0 +1,198 @@
+"""Reading finished run directories: ``metrics.json`` (the final evaluation), ``log.csv`` (one row per
+epoch) and ``config.yaml`` (the resolved config), each checked so that a damaged file is one ``UserError``
+naming it.
+
+A run is evaluated on the test set or, with ``data.validation_split``, on a held-out validation split:
+``metrics.json`` names it in ``eval_split`` (``test`` or ``val``; runs of older versions have no
+``eval_split`` and ``test_*`` keys) and the metrics are ``<split>_top1``, ``<split>_nll``, ``<split>_ece``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..config import parse_yaml
+from ..engine.validate import resolve
+from ..errors import UserError, one_line
+
+# (metric, column header, digits); the first three are read as <split>_<metric>
+METRIC_COLUMNS = (("top1", "top-1 %", 2), ("nll", "NLL", 3), ("ece", "ECE %", 2),
+                  ("images_per_s", "images/s", 0), ("wall_s", "wall s", 0))
+SPLIT_METRICS = ("top1", "nll", "ece")
+# (metric, column header, digits) of runs with teachers, shown after ECE; FIDELITY_KEYS: their metrics.json keys
+FIDELITY_COLUMNS = (("agreement", "agree %", 2), ("teacher_kl", "KL(T‖S)", 4), ("teacher_top1", "T top-1 %", 2),
+                    ("teacher_nontarget_entropy", "T non-target H", 3))
+FIDELITY_KEYS = {"agreement": "{split}_agreement", "teacher_kl": "{split}_teacher_kl",
+                 "teacher_top1": "teacher_{split}_top1",
+                 "teacher_nontarget_entropy": "teacher_{split}_nontarget_entropy"}
+# the metric "net.<role>" is the top-1 of an online run's <role> network (<role>_<split>_top1), "net.ensemble"
+# that of the ensemble of all its trainable networks (ensemble_<split>_top1)
+NETWORK_PREFIX, ENSEMBLE = "net.", "ensemble"
+
+
+def eval_split(run: dict[str, Any]) -> str:
+    """``test`` or ``val``: the split a run's final metrics were computed on (older runs: ``test``)."""
+    return run.get("eval_split", "test")
+
+
+def metric_key(split: str, name: str) -> str:
+    """The ``metrics.json`` key of a metric: ``<split>_top1`` and the like, the fidelity metrics by
+    :data:`FIDELITY_KEYS`, another network's top-1 (``net.<role>``) as ``<role>_<split>_top1``, others by
+    their own name."""
+    if name in SPLIT_METRICS:
+        return f"{split}_{name}"
+    if name.startswith(NETWORK_PREFIX):
+        return f"{name[len(NETWORK_PREFIX):]}_{split}_top1"
+    return FIDELITY_KEYS[name].format(split=split) if name in FIDELITY_KEYS else name
+
+
+def eval_metric(run: dict[str, Any], name: str) -> float:
+    """``top1``, ``nll`` or ``ece`` of a run on its evaluated split (and the fidelity metrics of a run with
+    teachers); other metrics by their own name."""
+    return float(run[metric_key(eval_split(run), name)])
+
+
+def has_teachers(run: dict[str, Any]) -> bool:
+    """Whether the run was trained with frozen teachers (and so records its fidelity to them)."""
+    return bool(run.get("teachers"))
+
+
+def network_roles(run: dict[str, Any]) -> list[str]:
+    """The roles of the trainable networks an online run trained besides the student (none for other runs)."""
+    return list(run.get("networks") or {})
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_text(run: Path, name: str) -> str:
+    path = run / name
+    if not path.is_file():
+        raise UserError(f"{run}: {name} is missing; a finished run directory holds config.yaml, log.csv and "
+                        f"metrics.json")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UserError(f"{run}: cannot read {name} ({exc.strerror or one_line(exc)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{run}: {name} is not UTF-8 text") from None
+
+
+def _read_metrics(run: Path) -> dict[str, Any]:
+    where = f"{run}: metrics.json"
+    try:
+        metrics = json.loads(_read_text(run, "metrics.json"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{where} must hold a JSON object, found {type(metrics).__name__}")
+    split = eval_split(metrics)
+    if not isinstance(split, str) or not split.isidentifier():
+        raise UserError(f"{where}: eval_split={split!r} is not a split name such as 'test' or 'val'")
+    teachers = metrics.get("teachers") or []
+    if not (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)):
+        raise UserError(f"{where}: 'teachers' must be a list of {{path, model, weights, sha256}} objects")
+    networks = metrics.get("networks") or {}
+    if not (isinstance(networks, dict) and all(isinstance(r, str) and r.isidentifier() and r != ENSEMBLE
+                                               for r in networks)):
+        raise UserError(f"{where}: 'networks' must map the roles of an online run's networks (such as peer1) to "
+                        "their figures")
+    online = [NETWORK_PREFIX + role for role in (*networks, ENSEMBLE)] if networks else []
+    for name in [c[0] for c in METRIC_COLUMNS + (FIDELITY_COLUMNS if teachers else ())] + online:
+        key = metric_key(split, name)
+        if key not in metrics:
+            why = "a run with teachers records it" if name in FIDELITY_KEYS else \
+                "an online run records it for each of its networks" if name in online else \
+                "not a metrics file of a finished selfdistill run"
+            raise UserError(f"{where} lacks '{key}' ({why})")
+        if not _finite(metrics[key]):
+            raise UserError(f"{where}: '{key}' is {metrics[key]!r}, not a finite number")
+    if "reliability" in metrics:
+        _check_reliability(where, metrics["reliability"])
+    return metrics
+
+
+def _check_reliability(where: str, rel: Any) -> None:
+    bins = rel.get("bins") if isinstance(rel, dict) else None
+    ok = isinstance(bins, int) and not isinstance(bins, bool) and bins >= 1
+    for key in ("count", "confidence_sum", "correct"):
+        values = rel.get(key) if ok else None
+        ok = ok and isinstance(values, list) and len(values) == bins and all(map(_finite, values))
+    if not ok:
+        raise UserError(f"{where}: 'reliability' must be {{bins, count, confidence_sum, correct}} with one number "
+                        f"per bin")
+
+
+def _read_log(run: Path, split: str) -> list[dict[str, float | None]]:
+    try:
+        rows = list(csv.DictReader(_read_text(run, "log.csv").splitlines()))
+    except csv.Error as exc:
+        raise UserError(f"{run}: log.csv is not a readable CSV file ({one_line(exc)})") from None
+    if not rows:
+        raise UserError(f"{run}: log.csv has no epoch rows (not the log of a finished run)")
+    missing = [c for c in ("epoch", f"{split}_top1") if c not in rows[0]]
+    if missing:
+        raise UserError(f"{run}: log.csv has no '{missing[0]}' column (not the log of a finished selfdistill run)")
+    out = []
+    for number, row in enumerate(rows, start=2):
+        try:
+            out.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+        except (TypeError, ValueError):
+            bad = next(k for k, v in row.items() if not _parses(v))
+            raise UserError(f"{run}: log.csv line {number}, column '{bad}': {row[bad]!r} is not a number") from None
+    return out
+
+
+def _parses(value: Any) -> bool:
+    try:
+        return value in ("", None) or isinstance(float(value), float)
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_config(run: Path) -> dict[str, Any]:
+    raw = parse_yaml(_read_text(run, "config.yaml"), f"{run}: config.yaml")
+    if not isinstance(raw, dict):
+        raise UserError(f"{run}: config.yaml must be a mapping of sections")
+    try:
+        return resolve([raw]).to_dict()
+    except UserError as exc:
+        raise UserError(f"{run}: config.yaml: {exc}") from None
+
+
+def load_run(path: str | Path) -> dict[str, Any]:
+    """``metrics.json`` of a finished run plus ``log`` (its ``log.csv`` rows, numbers or None),
+    ``config`` (the resolved config as a dict) and ``run_dir``; anything malformed is a UserError."""
+    run = Path(path)
+    metrics = _read_metrics(run)
+    metrics["log"] = _read_log(run, eval_split(metrics))
+    metrics["config"] = _read_config(run)
+    metrics["run_dir"] = str(run)
+    return metrics
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every finished run (a directory with ``metrics.json``) at or below the given paths, each once."""
+    paths = list(paths)
+    found: dict[Path, Path] = {}  # resolved -> as found, so overlapping paths never list a run twice
+    for path in paths:
+        p = Path(path)
+        if not p.exists():
+            raise UserError(f"{path}: no such file or directory")
+        if p.is_file():
+            if p.name != "metrics.json":
+                raise UserError(f"{path} is a file; give run directories or folders holding them")
+            p = p.parent
+        dirs = [p] if (p / "metrics.json").is_file() else sorted(m.parent for m in p.rglob("metrics.json"))
+        for d in dirs:
+            found.setdefault(d.resolve(), d)
+    if not found:
+        raise UserError(f"no finished runs (metrics.json) under {', '.join(map(str, paths))}")
+    return [load_run(d) for d in found.values()]
+
+

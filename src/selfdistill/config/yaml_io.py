@@ -1,0 +1,82 @@
+"""YAML, read strictly and safely: a key given twice in one mapping is an error (PyYAML would keep the last
+silently), and every problem is a one-line ``UserError`` naming where the text came from. Bare recipe names
+find the bundled recipes (``configs/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UserError, did_you_mean, one_line
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` still work)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {seen[key]} and {line})", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML ``text`` strictly and safely; a problem is a one-line ``UserError`` naming ``where``."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where}: not valid YAML ({one_line(exc)})") from None
+    except RecursionError:
+        raise UserError(f"{where}: not valid YAML (nested too deeply)") from None
+
+
+def read_yaml_file(path: Path, where: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; an unreadable, binary or malformed file is a ``UserError``."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{where}: is a directory, not a YAML file") from None
+    except OSError as exc:
+        raise UserError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    if b"\0" in raw:
+        raise UserError(f"{where}: is a binary file, not YAML")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: is not UTF-8 text (byte {exc.start})") from None
+    data = parse_yaml(text, where)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: the top level must be a mapping of sections, not a {type(data).__name__}")
+    return data
+
+
+BUNDLED_RECIPES = Path(__file__).parent.parent / "configs"
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (``--config``); a bare name finds a bundled recipe."""
+    p = Path(path)
+    if not p.exists():
+        bundled = BUNDLED_RECIPES / f"{p.name.removesuffix('.yaml')}.yaml"
+        if p.parent == Path(".") and bundled.exists():
+            p = bundled
+        else:
+            names = sorted(c.stem for c in BUNDLED_RECIPES.glob("*.yaml"))
+            raise UserError(f"--config {path}: no such file{did_you_mean(str(path), names)} "
+                            f"(bundled recipes: {', '.join(names)}; see `selfdistill recipes`)")
+    return read_yaml_file(p, f"--config {path}")
