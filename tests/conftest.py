@@ -6,6 +6,8 @@ import contextlib
 import os
 import subprocess
 import sys
+import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,3 +103,68 @@ def ctrl_c_in_epoch(epoch: int) -> Iterator[None]:
 
     with mock.patch.object(Trainer, "train_epoch", interrupted):
         yield
+
+
+# ----------------------------------------------------------------------------- a user's own models
+USER_FACTORIES = '''
+import torch.nn as nn
+
+calls = []
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, in_channels, image_size, hidden):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, hidden), nn.ReLU())
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def good(num_classes, in_channels, image_size, hidden=16, *, scale=1.0):
+    calls.append((num_classes, in_channels, image_size, hidden, scale))
+    return Net(num_classes, in_channels, image_size, hidden)
+
+
+def anything(num_classes, in_channels, image_size, **options):
+    calls.append(options)
+    return Net(num_classes, in_channels, image_size, 4)
+
+
+def not_a_module(num_classes, in_channels, image_size):
+    return 42
+
+
+def raises(num_classes, in_channels, image_size):
+    raise RuntimeError("boom\\nsecond line")
+
+
+def two_arguments(num_classes, in_channels):
+    return Net(num_classes, in_channels, 8, 4)
+
+
+class Holder:
+    @staticmethod
+    def build(num_classes, in_channels, image_size):
+        return Net(num_classes, in_channels, image_size, 3)
+
+
+VALUE = 3
+'''
+
+
+def write_module(directory, source: str) -> str:
+    """A module of ``source`` in ``directory`` under a fresh name (imports are cached by name)."""
+    name = f"sd_user_{uuid.uuid4().hex[:12]}"
+    (directory / f"{name}.py").write_text(textwrap.dedent(source))
+    return name
+
+
+@pytest.fixture
+def user_nets(tmp_path, monkeypatch):
+    """An importable module of users' model factories (``good``, ``anything``, ...), by its fresh name."""
+    name = write_module(tmp_path, USER_FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)

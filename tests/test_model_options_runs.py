@@ -3,7 +3,6 @@
 test_user_models.py)."""
 
 import json
-import textwrap
 
 import pytest
 import torch
@@ -23,29 +22,9 @@ SYNTHETIC_ARGS = ["--dataset", "synthetic", "--set", "data.synthetic.train_size=
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    """An importable module ``mynets`` with a factory ``tiny`` (a user's own nn.Module)."""
-    folder = tmp_path / "pkg"
-    folder.mkdir()
-    (folder / "mynets.py").write_text(textwrap.dedent("""
-        import torch.nn as nn
-
-        class Tiny(nn.Module):
-            def __init__(self, num_classes, in_channels, image_size, hidden):
-                super().__init__()
-                self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, hidden), nn.ReLU())
-                self.fc = nn.Linear(hidden, num_classes)
-
-            def forward(self, x):
-                return self.fc(self.body(x))
-
-        def tiny(num_classes, in_channels, image_size, hidden=20):
-            return Tiny(num_classes, in_channels, image_size, hidden)
-
-        not_a_model = 3
-    """))
-    monkeypatch.syspath_prepend(str(folder))
-    return "mynets:tiny"
+def user_module(user_nets):
+    """``package.module:function`` of a user's factory: ``Net`` (``body``, ``fc``), ``hidden`` units (16)."""
+    return f"{user_nets}:good"
 
 
 def test_options_are_resolved_in_full_and_a_new_model_name_drops_them():
@@ -108,7 +87,7 @@ def test_a_user_model_trains_saves_evaluates_and_teaches(tmp_path, user_module, 
     card = read_model_card(run / "model.pt")
     assert card.model == user_module and card.options == {"hidden": 12}
     code, out, err = cli_main(capsys, "eval", str(run))
-    assert code == 0 and "mynets:tiny" in out, err
+    assert code == 0 and user_module in out, err
     for teacher in (str(run), f"{run / 'model.pt'}:{user_module}"):  # a run directory, and PATH:pkg.mod:fn
         code, out, err = cli_main(capsys, "train", "--method", "kd", "--teacher", teacher, "--epochs", "1",
                                   "--out", str(tmp_path / f"kd{len(teacher)}"), *SYNTHETIC_ARGS)
@@ -128,23 +107,23 @@ def test_a_user_model_is_tapped_by_path_as_student_and_teacher(tmp_path, user_mo
     batch.inputs = trainer._inputs(batch, torch.Generator().manual_seed(0))
     teacher = trainer.teachers[0](batch.inputs)
     student = trainer.nets[0](batch.inputs, batch.forward_splits())
-    assert student.features["body"].shape == (16, 9) and teacher.features["body"].shape == (16, 20)
+    assert student.features["body"].shape == (16, 9) and teacher.features["body"].shape == (16, 16)
     assert trainer.method.losses(Outputs(student.logits, student.features, {"teacher": teacher}), batch)
 
 
 @pytest.mark.parametrize("spec, words", [("nosuchmodule_xyz:fn", "cannot import module 'nosuchmodule_xyz'"),
-                                         ("mynets:tiyn", "did you mean 'tiny'"),
-                                         ("mynets:not_a_model", "not a callable")])
-def test_a_factory_that_cannot_be_used_is_one_line_before_anything_is_written(spec, words, user_module, tmp_path,
+                                         ("{}:godo", "did you mean 'good'"),
+                                         ("{}:VALUE", "not a callable")])
+def test_a_factory_that_cannot_be_used_is_one_line_before_anything_is_written(spec, words, user_nets, tmp_path,
                                                                               capsys):
     out = tmp_path / "run"
-    code, _, err = cli_main(capsys, "train", "--model", spec, "--out", str(out), *SYNTHETIC_ARGS)
+    code, _, err = cli_main(capsys, "train", "--model", spec.format(user_nets), "--out", str(out), *SYNTHETIC_ARGS)
     assert code == 2 and len(err) == 1 and words in err[0], err
     assert not out.exists()
 
 
 def test_a_teacher_entry_splits_at_the_colon_before_its_architecture(user_module):
-    assert parse_teacher("runs/x/model.pt:mynets:tiny", "t") == TeacherSpec("runs/x/model.pt", "mynets:tiny")
+    assert parse_teacher(f"runs/x/model.pt:{user_module}", "t") == TeacherSpec("runs/x/model.pt", user_module)
     assert parse_teacher("w.pt:cnn", "t") == TeacherSpec("w.pt", "cnn")
     assert parse_teacher("a:b/w.pt:mlp", "t") == TeacherSpec("a:b/w.pt", "mlp")
     spec = parse_teacher({"path": "w.pt", "model": "mlp", "options": {"hidden": [7]}}, "t")

@@ -2,14 +2,13 @@
 ``selfdistill.models`` entry-point group; every failure is one line."""
 
 import sys
-import textwrap
-import uuid
 
 import pytest
 import torch
 import torch.nn as nn
 
 import selfdistill.models as models
+from conftest import write_module
 from selfdistill.errors import UserError
 from selfdistill.models import (
     FeatureTaps,
@@ -23,68 +22,6 @@ from selfdistill.models import (
     resolve_model_options,
 )
 
-FACTORIES = '''
-import torch.nn as nn
-
-calls = []
-
-
-class Net(nn.Module):
-    def __init__(self, num_classes, in_channels, image_size, hidden):
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, hidden), nn.ReLU())
-        self.fc = nn.Linear(hidden, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
-
-
-def good(num_classes, in_channels, image_size, hidden=16, *, scale=1.0):
-    calls.append((num_classes, in_channels, image_size, hidden, scale))
-    return Net(num_classes, in_channels, image_size, hidden)
-
-
-def anything(num_classes, in_channels, image_size, **options):
-    calls.append(options)
-    return Net(num_classes, in_channels, image_size, 4)
-
-
-def not_a_module(num_classes, in_channels, image_size):
-    return 42
-
-
-def raises(num_classes, in_channels, image_size):
-    raise RuntimeError("boom\\nsecond line")
-
-
-def two_arguments(num_classes, in_channels):
-    return Net(num_classes, in_channels, 8, 4)
-
-
-class Holder:
-    @staticmethod
-    def build(num_classes, in_channels, image_size):
-        return Net(num_classes, in_channels, image_size, 3)
-
-
-VALUE = 3
-'''
-
-
-def write_module(directory, source: str) -> str:
-    """A module of ``source`` in ``directory`` under a fresh name (imports are cached by name)."""
-    name = f"sd_user_{uuid.uuid4().hex[:12]}"
-    (directory / f"{name}.py").write_text(textwrap.dedent(source))
-    return name
-
-
-@pytest.fixture
-def nets(tmp_path, monkeypatch):
-    name = write_module(tmp_path, FACTORIES)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield name
-    sys.modules.pop(name, None)
-
 
 def one_line_error(call, *args, **kwargs) -> str:
     with pytest.raises(UserError) as info:
@@ -95,20 +32,20 @@ def one_line_error(call, *args, **kwargs) -> str:
 
 
 # ----------------------------------------------------------------------------- package.module:function
-def test_a_user_factory_is_called_with_the_data_shape_and_its_options(nets):
-    spec = f"{nets}:good"
+def test_a_user_factory_is_called_with_the_data_shape_and_its_options(user_nets):
+    spec = f"{user_nets}:good"
     check_model_name(spec)
     assert is_model_name(spec) and spec not in model_names()
     assert resolve_model_options(spec, {"hidden": 8}) == {"hidden": 8}
     model = build_model(spec, 5, 2, 6, {"hidden": 8, "scale": 0.5})
     assert isinstance(model, nn.Module) and model.arch == spec and model.arch_options == {"hidden": 8, "scale": 0.5}
-    assert sys.modules[nets].calls[-1] == (5, 2, 6, 8, 0.5)
+    assert sys.modules[user_nets].calls[-1] == (5, 2, 6, 8, 0.5)
     assert model(torch.randn(3, 2, 6, 6)).shape == (3, 5)
     assert not faster_in_channels_last_on_cpu(spec)
 
 
-def test_feature_taps_work_on_a_user_model_by_module_path(nets):
-    model = build_model(f"{nets}:good", 4, 1, 5, {"hidden": 6})
+def test_feature_taps_work_on_a_user_model_by_module_path(user_nets):
+    model = build_model(f"{user_nets}:good", 4, 1, 5, {"hidden": 6})
     with FeatureTaps(model, ["body.1", "body", "fc:input"]) as taps:
         logits = model(torch.randn(2, 1, 5, 5))
         assert taps["body.1"].shape == (2, 6)
@@ -116,32 +53,33 @@ def test_feature_taps_work_on_a_user_model_by_module_path(nets):
         assert torch.allclose(model.fc(taps["fc:input"]), logits)
 
 
-def test_a_dotted_attribute_and_a_factory_taking_any_keyword(nets):
-    assert build_model(f"{nets}:Holder.build", 3, 1, 4).fc.in_features == 3
-    model = build_model(f"{nets}:anything", 3, 1, 4, {"depth": 3, "widths": [1, 2], "extra": {"a": None}})
-    assert sys.modules[nets].calls[-1] == {"depth": 3, "widths": [1, 2], "extra": {"a": None}}
+def test_a_dotted_attribute_and_a_factory_taking_any_keyword(user_nets):
+    assert build_model(f"{user_nets}:Holder.build", 3, 1, 4).fc.in_features == 3
+    model = build_model(f"{user_nets}:anything", 3, 1, 4, {"depth": 3, "widths": [1, 2], "extra": {"a": None}})
+    assert sys.modules[user_nets].calls[-1] == {"depth": 3, "widths": [1, 2], "extra": {"a": None}}
     assert model.arch_options == {"depth": 3, "widths": [1, 2], "extra": {"a": None}}
 
 
-def test_a_keyword_the_factory_does_not_take_is_named_before_building(nets):
-    message = one_line_error(resolve_model_options, f"{nets}:good", {"hiden": 3})
+def test_a_keyword_the_factory_does_not_take_is_named_before_building(user_nets):
+    message = one_line_error(resolve_model_options, f"{user_nets}:good", {"hiden": 3})
     assert message == (f"unknown config key 'model.options.hiden' (did you mean 'hidden'?); model.name "
-                       f"'{nets}:good' takes these keyword arguments: hidden, scale")
-    assert sys.modules[nets].calls == []
-    message = one_line_error(resolve_model_options, f"{nets}:raises", {"x": 1}, where="teachers[1].options")
+                       f"'{user_nets}:good' takes these keyword arguments: hidden, scale")
+    assert sys.modules[user_nets].calls == []
+    message = one_line_error(resolve_model_options, f"{user_nets}:raises", {"x": 1}, where="teachers[1].options")
     assert message.startswith("unknown config key 'teachers[1].options.x'") and message.endswith("arguments: none")
 
 
-def test_options_for_a_user_factory_must_be_plain_yaml(nets):
-    message = one_line_error(resolve_model_options, f"{nets}:anything", {"layer": nn.Linear(1, 1)})
+def test_options_for_a_user_factory_must_be_plain_yaml(user_nets):
+    message = one_line_error(resolve_model_options, f"{user_nets}:anything", {"layer": nn.Linear(1, 1)})
     assert message.startswith("model.options.layer: a Linear is not a plain YAML value")
-    assert "model.options.x[0]=nan" in one_line_error(resolve_model_options, f"{nets}:anything", {"x": [float("nan")]})
-    assert "not a Python identifier" in one_line_error(resolve_model_options, f"{nets}:anything", {"a-b": 1})
+    message = one_line_error(resolve_model_options, f"{user_nets}:anything", {"x": [float("nan")]})
+    assert "model.options.x[0]=nan" in message
+    assert "not a Python identifier" in one_line_error(resolve_model_options, f"{user_nets}:anything", {"a-b": 1})
 
 
 def test_an_unimportable_module_is_one_line(tmp_path, monkeypatch):
-    message = one_line_error(build_model, "no_such_pkg_xyz.nets:build", 10)
-    assert message == ("model.name='no_such_pkg_xyz.nets:build': cannot import module 'no_such_pkg_xyz.nets' "
+    message = one_line_error(build_model, "no_such_pkg_xyz.user_nets:build", 10)
+    assert message == ("model.name='no_such_pkg_xyz.user_nets:build': cannot import module 'no_such_pkg_xyz.user_nets' "
                        "(ModuleNotFoundError: No module named 'no_such_pkg_xyz'); it must be importable (an installed "
                        "package, or a directory on PYTHONPATH)")
     broken = write_module(tmp_path, "def build(:\n    pass\n")
@@ -151,21 +89,22 @@ def test_an_unimportable_module_is_one_line(tmp_path, monkeypatch):
     assert not is_model_name(f"{broken}:build")
 
 
-def test_a_missing_or_uncallable_attribute_is_one_line(nets):
-    message = one_line_error(build_model, f"{nets}:godo", 10)
-    assert message == f"model.name='{nets}:godo': {nets} has no attribute 'godo' (did you mean 'good'?)"
-    message = one_line_error(check_model_name, f"{nets}:VALUE")
-    assert message == f"model.name='{nets}:VALUE': {nets}.VALUE is a int, not a callable that builds a model"
-    assert "has no attribute 'nope'" in one_line_error(check_model_name, f"{nets}:Holder.nope")
+def test_a_missing_or_uncallable_attribute_is_one_line(user_nets):
+    message = one_line_error(build_model, f"{user_nets}:godo", 10)
+    assert message == f"model.name='{user_nets}:godo': {user_nets} has no attribute 'godo' (did you mean 'good'?)"
+    message = one_line_error(check_model_name, f"{user_nets}:VALUE")
+    assert message == f"model.name='{user_nets}:VALUE': {user_nets}.VALUE is a int, not a callable that builds a model"
+    assert "has no attribute 'nope'" in one_line_error(check_model_name, f"{user_nets}:Holder.nope")
 
 
-def test_a_factory_that_returns_no_module_or_raises_is_one_line(nets):
-    message = one_line_error(build_model, f"{nets}:not_a_module", 10)
-    assert message == f"model.name '{nets}:not_a_module' returned int, not a torch.nn.Module"
-    message = one_line_error(build_model, f"{nets}:raises", 10)
-    assert message == f"model.name '{nets}:raises' failed to build the model (RuntimeError: boom second line)"
-    message = one_line_error(build_model, f"{nets}:two_arguments", 10)
-    assert message.startswith(f"model.name '{nets}:two_arguments' must take (num_classes, in_channels, image_size)")
+def test_a_factory_that_returns_no_module_or_raises_is_one_line(user_nets):
+    message = one_line_error(build_model, f"{user_nets}:not_a_module", 10)
+    assert message == f"model.name '{user_nets}:not_a_module' returned int, not a torch.nn.Module"
+    message = one_line_error(build_model, f"{user_nets}:raises", 10)
+    assert message == f"model.name '{user_nets}:raises' failed to build the model (RuntimeError: boom second line)"
+    message = one_line_error(build_model, f"{user_nets}:two_arguments", 10)
+    assert message.startswith(f"model.name '{user_nets}:two_arguments' must take (num_classes, in_channels, "
+                              "image_size)")
 
 
 def test_a_malformed_spec_says_the_form():
@@ -173,7 +112,7 @@ def test_a_malformed_spec_says_the_form():
     assert message.startswith("model.name='pkg.mod:' is not allowed (a user model is named as package.module:function)")
 
 
-def test_a_user_model_keeping_its_own_arch_attribute_is_refused(nets, tmp_path):
+def test_a_user_model_keeping_its_own_arch_attribute_is_refused(user_nets, tmp_path):
     name = write_module(tmp_path, '''
         import torch.nn as nn
 
