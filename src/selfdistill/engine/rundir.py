@@ -42,6 +42,7 @@ import torch
 from .. import fileio
 from ..config import read_yaml_file
 from ..errors import OutputError, UserError
+from .resume import can_extend
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
@@ -161,13 +162,22 @@ class RunDir:
         if DIVERGED in names:
             return names
         if METRICS in names:
-            raise UserError(f"--out {self.path} already holds a finished run; choose a new --out (or extend the run "
-                            "with selfdistill train --resume --epochs N)")
+            raise UserError(f"--out {self.path} already holds a finished run; choose a new --out{self._extension()}")
         progress = [n for n in names if n in (CHECKPOINT, MODEL, MODEL_CARD) or NETWORK_FILE.match(n)]
         if progress:
             raise UserError(f"--out {self.path} already holds an unfinished run ({progress[0]}); continue it with "
                             "selfdistill train --resume, or choose a new --out")
         return names
+
+    def _extension(self) -> str:
+        """The ``--resume --epochs N`` hint for a finished run, only where it would be accepted."""
+        try:
+            saved = read_yaml_file(self.path / CONFIG, CONFIG)
+        except UserError:
+            return ""
+        if not can_extend(saved):
+            return ""
+        return f" (or extend the run: selfdistill train --out {self.path} --resume --epochs N)"
 
     def clear_for_fresh_run(self) -> str:
         """Remove a no-progress run's leftovers, or move a diverged run into ``diverged-N/``; return a note

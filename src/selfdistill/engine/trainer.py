@@ -169,11 +169,12 @@ class Trainer(RunAssembly, EpochLoop, RunOutputs):
         teachers = "".join(f" | {t.role} {src.model} ({src.path})"
                            for t, src in zip(self.teachers, self.teacher_sources))
         processes = f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
+        notes = "".join(f" | {n}" for n in [note, *self.method.notes(cfg.train.epochs)] if n)
         self.progress.say(
             f"selfdistill: {verb} | {self.method.name} on {cfg.data.dataset} with {cfg.model.name} "
             f"({count_parameters(self.model):,} parameters){teachers} | {len(d.train_labels):,} train / "
             f"{len(d.test_labels):,} {self.split} images | {self.steps} steps/epoch x {cfg.train.epochs} epochs | "
-            f"{self.device}{threads}{processes}" + (f" | {note}" if note else ""))
+            f"{self.device}{threads}{processes}{notes}")
 
 
 def train(config: Config, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:

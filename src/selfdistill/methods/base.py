@@ -293,6 +293,11 @@ class Method:
     def start_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based)."""
 
+    def notes(self, epochs: int) -> list[str]:
+        """What the start line should say about this method in a run of ``epochs`` epochs: a setting that
+        the run's length makes act otherwise than its name suggests (a warm-up longer than the run)."""
+        return []
+
     def extend(self, batch: Batch) -> Batch:
         return batch
 
