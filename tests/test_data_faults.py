@@ -8,6 +8,7 @@ import io
 import math
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 import tracemalloc
@@ -617,8 +618,9 @@ def make_tiny_folder(root: Path, annotations: str) -> Path:
 
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch) -> Path:
-    """The user cache, in a folder that does not exist yet."""
+    """The user cache, in a folder that does not exist yet (and turned on: conftest turns it off)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg" / "not" / "yet"))
+    monkeypatch.delenv("SELFDISTILL_NO_CACHE")
     return tmp_path / "xdg" / "not" / "yet" / "selfdistill" / "decoded"
 
 
@@ -680,6 +682,7 @@ def test_an_unwritable_cache_only_warns(tmp_path, monkeypatch, capsys):
     root = make_generic_folder(tmp_path / "images")
     (tmp_path / "home-file").write_text("not a folder")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-file"))  # the cache folder cannot be created
+    monkeypatch.delenv("SELFDISTILL_NO_CACHE")
     train_x, *_ = read_image_folder(root, 8)
     assert train_x.shape == (4, 3, 8, 8)
     warning = capsys.readouterr().err.strip()
@@ -762,3 +765,31 @@ def test_an_unreadable_image_folder_is_one_line(tmp_path, cache_home, monkeypatc
         return real_iterdir(self)
     monkeypatch.setattr(Path, "iterdir", iterdir)
     one_line_error(lambda: read_image_folder(root, 8), root, "Permission denied")
+
+
+def test_an_image_replaced_by_one_of_the_same_size_and_mtime_is_decoded_again(tmp_path, cache_home):
+    """``cp -p`` / ``rsync -a`` keep the modification time; the cache is keyed on content, not on it."""
+    from PIL import Image
+
+    root = make_generic_folder(tmp_path / "images")
+    image = root / "train" / "cat" / "0.png"
+    almost_red = (254, 0, 0)
+    Image.new("RGB", (16, 16), almost_red).save(tmp_path / "other.png")
+    assert (tmp_path / "other.png").stat().st_size == image.stat().st_size  # same byte size, other pixels
+    train_x, *_ = read_image_folder(root, 8)
+    assert train_x[0, :, 0, 0].tolist() == list(RED)
+    before = image.stat()
+    shutil.copyfile(tmp_path / "other.png", image)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    train_x, *_ = read_image_folder(root, 8)
+    assert train_x[0, :, 0, 0].tolist() == list(almost_red)
+
+
+def test_the_no_cache_switch_turns_the_image_folder_cache_off(tmp_path, cache_home, monkeypatch):
+    root = make_generic_folder(tmp_path / "images")
+    monkeypatch.setenv("SELFDISTILL_NO_CACHE", "1")
+    read_image_folder(root, 8)
+    assert not cache_home.exists()
+    monkeypatch.setenv("SELFDISTILL_NO_CACHE", "0")
+    read_image_folder(root, 8)
+    assert len(list(cache_home.glob("*.pt"))) == 1

@@ -57,6 +57,12 @@ def user_cache() -> Path:
     return Path(base) / "selfdistill"
 
 
+def decode_cache_disabled() -> bool:
+    """``SELFDISTILL_NO_CACHE`` set to anything but ``0``: decoded data is neither read from nor written to
+    the user cache (IDX files and image folders alike)."""
+    return os.environ.get("SELFDISTILL_NO_CACHE", "0") != "0"
+
+
 def data_roots(data_dir: str | None) -> list[Path]:
     """The roots to search, in order (see the module docstring)."""
     if data_dir:
