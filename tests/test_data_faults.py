@@ -421,6 +421,28 @@ def refuse_downloads(monkeypatch):
     monkeypatch.setattr("urllib.request.urlopen", urlopen)
 
 
+def test_a_data_dir_that_is_the_dataset_s_own_folder_names_its_parent(tmp_path, monkeypatch):
+    refuse_downloads(monkeypatch)
+    make_idx_root(tmp_path)
+    folder = tmp_path / "mnist"
+    one_line_error(lambda: load_dataset(DataConfig(dataset="mnist", data_dir=str(folder))),
+                   f"--data-dir (data.data_dir) {folder} is the mnist/ folder itself; point it at its parent, "
+                   f"{tmp_path}")
+    assert not (folder / "mnist").exists()
+
+
+def test_a_failed_download_names_the_files_and_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    def urlopen(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", urlopen)
+    typo = tmp_path / "mistyped" / "data"
+    message = one_line_error(lambda: load_dataset(DataConfig(dataset="mnist", data_dir=str(typo))),
+                             "could not download")
+    assert ", ".join(IDX_FILES) in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither data/ nor mistyped/ is left behind
+
+
 def test_a_data_dir_that_is_a_file_is_refused_before_any_download(tmp_path, monkeypatch):
     refuse_downloads(monkeypatch)
     not_a_dir = tmp_path / "data.txt"

@@ -81,6 +81,7 @@ def locate(source: Source, data_dir: str | None, download: bool) -> dict[str, Pa
     why = "downloading is off" if source.downloads else "this dataset has no public download"
     if data_dir:
         _check_data_dir(roots[0], source, can_download, why)
+        _refuse_dataset_folder(roots[0], source)
     for root in roots:
         found = _find_files(root / source.folder, source)
         if found is not None:
@@ -112,6 +113,16 @@ def _check_data_dir(root: Path, source: Source, can_download: bool, why: str) ->
     if not exists and not can_download:
         raise UserError(f"--data-dir (data.data_dir) {root} does not exist and {why}; create it and put "
                         f"{', '.join(source.files)} in {root / source.folder}, or fix the path")
+
+
+def _refuse_dataset_folder(root: Path, source: Source) -> None:
+    """A ``--data-dir`` that is the dataset's own folder (it holds the files, or bears the folder's name and
+    lacks a folder of that name inside) is a data root given one level too deep: say so, name its parent."""
+    if (root / source.folder).is_dir():
+        return
+    if root.name == source.folder or _find_files(root, source) is not None:
+        raise UserError(f"--data-dir (data.data_dir) {root} is the {source.folder}/ folder itself; point it at "
+                        f"its parent, {root.parent}, the data root that holds {source.folder}/")
 
 
 def _find_files(folder: Path, source: Source) -> dict[str, Path] | None:
@@ -194,7 +205,10 @@ def _checksum(path: Path) -> str:
 def fetch(source: Source, root: Path) -> None:
     """Download, verify and unpack ``source`` into ``root / source.folder``."""
     folder = root / source.folder
-    created = not folder.exists()
+    created, missing = [], folder  # the folders this download makes, deepest first: a failure leaves none behind
+    while not missing.exists():
+        created.append(missing)
+        missing = missing.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -202,14 +216,16 @@ def fetch(source: Source, root: Path) -> None:
                         "SELFDISTILL_DATA at a writable folder") from None
     try:
         for item in source.downloads:
-            _fetch_one(item, folder, root)
+            _fetch_one(item, folder, root, source.files)
     except UserError:
-        if created and not any(folder.iterdir()):
-            folder.rmdir()  # leave no empty folder behind
+        for made in created:
+            if any(made.iterdir()):
+                break
+            made.rmdir()
         raise
 
 
-def _fetch_one(item: Download, folder: Path, root: Path) -> None:
+def _fetch_one(item: Download, folder: Path, root: Path, files: tuple[str, ...]) -> None:
     """Download one file, check its SHA-256, then move or unpack it into place.
 
     The download goes to a fresh ``mkstemp`` file in ``folder`` (a random name, created exclusively,
@@ -222,7 +238,7 @@ def _fetch_one(item: Download, folder: Path, root: Path) -> None:
         raise UserError(f"cannot write into {folder} ({_why(exc)}); point --data-dir or SELFDISTILL_DATA at a "
                         "writable folder") from None
     try:
-        actual = _download(item.url, fd, folder)
+        actual = _download(item.url, fd, folder, files)
         if actual != item.sha256:
             raise UserError(f"checksum mismatch for {item.url}: got sha256 {actual}, expected {item.sha256}; "
                             "nothing was kept")
@@ -238,7 +254,7 @@ def _fetch_one(item: Download, folder: Path, root: Path) -> None:
         Path(partial).unlink(missing_ok=True)
 
 
-def _download(url: str, fd: int, folder: Path) -> str:
+def _download(url: str, fd: int, folder: Path, files: tuple[str, ...]) -> str:
     """Stream ``url`` into the open file ``fd`` (closed here) and return the SHA-256 of what was written."""
     digest = hashlib.sha256()
     try:
@@ -251,8 +267,8 @@ def _download(url: str, fd: int, folder: Path) -> str:
             os.fsync(out.fileno())
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UserError(f"could not download {url} ({one_line(reason)}); put the files in {folder} instead, "
-                        "or point --data-dir / SELFDISTILL_DATA at a folder that has them") from None
+        raise UserError(f"could not download {url} ({one_line(reason)}); put {', '.join(files)} in {folder} "
+                        "instead, or point --data-dir / SELFDISTILL_DATA at a data root that has them") from None
     return digest.hexdigest()
 
 
