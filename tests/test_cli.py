@@ -135,6 +135,19 @@ def test_train_on_real_bundled_images_then_refuse_to_overwrite(tmp_path, capsys)
     assert code == 2 and "finished run" in err[0] and (out / "metrics.json").read_bytes() == before
 
 
+def test_the_start_line_names_every_network_an_online_method_trains(tmp_path, capsys):
+    code, out, _ = cli_main(capsys, "train", *SYNTH, "--epochs", "1", "--method", "dml", "--out", str(tmp_path / "r"),
+                            "--set", "method.peers=[mlp,cnn]", "--set", "model.options.hidden=[16]")
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    networks = metrics["networks"]
+    size = {"student": f"{metrics['parameters']:,}", **{role: f"{networks[role]['parameters']:,}"
+                                                         for role in ("peer1", "peer2")}}
+    assert code == 0 and networks["peer1"]["model"] == "mlp" and networks["peer2"]["model"] == "cnn"
+    assert len(set(size.values())) == 2  # the peer like the student takes its options; the CNN is another size
+    assert f"| dml on synthetic with student mlp ({size['student']} parameters) + peer1 mlp ({size['peer1']} " \
+           f"parameters) + peer2 cnn ({size['peer2']} parameters) | 64 train / 32 test images | " in out.splitlines()[0]
+
+
 def test_print_config_applies_config_file_flags_and_sets_in_order(capsys):
     code, out, _ = cli_main(capsys, "train", "--config", "dlb_cifar100", "--epochs", "5", "--set", "method.alpha=0.5",
                             "--print-config")
