@@ -162,8 +162,9 @@ def build_parser() -> Parser:
                                          "beside a bare PyTorch loop",
                            description="Time the trainer `train` would build from the same flags (nothing is "
                                        "written): its training step, a bare PyTorch loop on the same model, data, "
-                                       "optimiser and layout, and its evaluation, alternating in one process; "
-                                       "medians after a warm-up round. Exit codes: 0 done, 2 bad input.")
+                                       "optimiser and layout (forwarding the same frozen teachers), and its "
+                                       "evaluation, alternating in one process; medians after a warm-up round. Exit "
+                                       "codes: 0 done, 2 bad input.")
     for action in train._actions:  # the same flag objects as train's, as argparse's `parents` shares them
         if action.dest in BENCH_FLAGS:
             bench._add_action(action)
