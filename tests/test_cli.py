@@ -4,19 +4,23 @@ check exit codes, stderr and Ctrl-C as a shell sees them."""
 
 import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import cli_main, run_cli
-from selfdistill import cli
+from selfdistill import cli, models
 from selfdistill.commands import listings
 from selfdistill.commands.recipes import bundled_recipes
 from selfdistill.engine import tensorboard
+from selfdistill.methods import METHODS, Method
+from selfdistill.methods.dml import DML, DMLOptions
 
 TINY = ["--set", "data.train_subset=1000", "--set", "data.eval_batch_size=500"]
 SYNTH = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "2", "--batch-size", "16",
@@ -31,6 +35,39 @@ def test_methods_lists_one_line_each(capsys):
                                    "tf_kd_self", "tf_kd_reg", "byot", "kd", "dkd", "dist", "nkd", "sp", "crd",
                                    "mix_kd", "ca_mkd", "dml", "switokd", "sokd", "bd_kd", "lightskd"]
     assert all(len(line.split()) > 3 for line in lines)
+
+
+def test_methods_say_whether_they_need_a_teacher_or_train_several_networks(capsys):
+    code, out, _ = cli_main(capsys, "methods")
+    needs = {line.split()[0]: line.split("  ")[1:] for line in out.splitlines()}
+    needs = {name: next(part.strip() for part in parts if part) for name, parts in needs.items()}
+    assert code == 0 and {name: needs[name] for name in ("dlb", "lightskd", "dkd", "kd", "ca_mkd", "dml", "switokd",
+                                                         "sokd")} == {
+        "dlb": "teacher-free", "lightskd": "teacher-free", "dkd": "needs a teacher", "kd": "needs 1+ teachers",
+        "ca_mkd": "needs 2+ teachers", "dml": "trains 2+ networks (online)", "switokd": "trains 2 networks (online)",
+        "sokd": "needs a teacher; trains 2 networks (online)"}
+    for name, cls in METHODS.items():  # the declarations say what the classes do
+        online = cls.networks is not Method.networks
+        assert (cls.networks_added != (0, 0)) == online == needs[name].endswith("(online)"), name
+        assert (cls.teachers_needed != (0, 0)) == needs[name].startswith("needs "), name
+    cohort = DML(DMLOptions(peers=["mlp", "cnn", "mlp"])).networks(SimpleNamespace(model_name="mlp"))
+    assert len(cohort) == 3 and DML.networks_added == (1, None)
+
+
+def test_models_lists_each_architecture_once_with_its_aliases_origin_and_options(capsys, monkeypatch):
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("tiny", lambda num_classes, in_channels, image_size, width=2: None)
+    code, out, _ = cli_main(capsys, "models")
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert code == 0 and list(lines) == [name for name in models.MODELS if name not in models.ALIASES]
+    assert set(lines) - {"tiny"} == set(models.NOTES)  # every architecture of ours says what it is
+    columns = {name: re.split(" {2,}", line, maxsplit=1) for name, line in lines.items()}
+    assert columns["wrn16_2"][0] == "wrn16_2 = wrn_16_2" and columns["wrn16_2"][1].startswith("Wide ResNet WRN-16-2 ")
+    assert columns["MobileNetV2"][0] == "MobileNetV2 = mobilenetv2_x0_5" and columns["vgg16"][0] == "vgg16"
+    assert "DLB's VGG-16" in lines["vgg16"] and "RepDistiller's vgg16 (not DLB's vgg16)" in lines["vgg16_bn"]
+    assert lines["mlp"].endswith(" | options: hidden=[512, 256], dropout=0.0, input_dropout=0.0")
+    assert lines["resnet8x4"].endswith(" | options: width=4") and lines["vgg16"].endswith(" | no options")
+    assert columns["tiny"][1] == "registered with register_model | options: its keyword arguments"
 
 
 def test_recipes_lists_every_bundled_recipe_with_what_it_reproduces(capsys):
