@@ -3,7 +3,9 @@ eval and report end to end. Most commands run in this process (fast); a few run 
 check exit codes, stderr and Ctrl-C as a shell sees them."""
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -14,11 +16,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import cli_main, run_cli
+from conftest import cli_main, run_cli, small_config
 from selfdistill import cli, models
 from selfdistill.commands import listings
 from selfdistill.commands.recipes import bundled_recipes
-from selfdistill.engine import tensorboard
+from selfdistill.engine import tensorboard, train
 from selfdistill.methods import METHODS, Method
 from selfdistill.methods.dml import DML, DMLOptions
 
@@ -154,6 +156,36 @@ def test_ctrl_c_in_other_commands_says_only_that(capsys, monkeypatch):
     monkeypatch.setattr(listings, "run", interrupted)
     code, _, err = cli_main(capsys, "models")
     assert code == 130 and err == ["selfdistill: interrupted"]
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe holding all it can, in lines: a command that writes into it waits until its reader goes."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"\n" * 4096)
+    os.set_blocking(write, True)
+    return read, write
+
+
+@pytest.mark.parametrize("args", [["recipes"], ["models"], ["methods"], ["report"], ["train", "--help"]])
+def test_a_reader_that_stops_after_one_line_ends_the_command_quietly(tmp_path, args):
+    """As ``selfdistill COMMAND | head -1``: the reader takes a line and goes while the command is still writing.
+    The pipe is full before the command starts, so that the command is surely still writing when its reader goes:
+    into an empty pipe, a short listing could be written whole before, and never meet the closed pipe."""
+    if args == ["report"]:
+        train(small_config(train={"epochs": 1, "progress": False, "threads": 1}), tmp_path / "run")
+        args = ["report", str(tmp_path), "--no-plots"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # so a short output is written at the end
+    read, write = full_pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "selfdistill", *args], stdout=write, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    os.close(write)
+    assert os.read(read, 1) == b"\n"  # one line
+    os.close(read)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (cli.PIPE_CLOSED, "") and cli.PIPE_CLOSED == 141
 
 
 def test_train_on_real_bundled_images_then_refuse_to_overwrite(tmp_path, capsys):
