@@ -1,18 +1,20 @@
-"""Files that are not what they seem: inputs that are FIFOs, devices or far too large (refused with one line
-and exit 2, never read until a hang or the OOM killer). The cases that would hang or fill memory in a
-regression run in a child with a timeout and a memory limit (:func:`fault_runner.run_bounded`), so that they
-fail instead."""
+"""Files that are not what they seem: output folders and event files planted as symlinks (nothing is written
+through them), and inputs that are FIFOs, devices or far too large (refused with one line and exit 2, never
+read until a hang or the OOM killer). The cases that would hang or fill memory in a regression run in a child
+with a timeout and a memory limit (:func:`fault_runner.run_bounded`), so that they fail instead."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
 import fault_runner
-from conftest import cli_main
+from conftest import cli_main, ctrl_c_in_epoch
 from selfdistill.errors import UserError
 from selfdistill.fileio import METADATA_LIMIT, read_small_file
 
@@ -46,6 +48,48 @@ def plant(path: Path, kind: str) -> None:
 def assert_refused(code: int, err: list[str], path: Path, why: str) -> None:
     assert code == 2 and len(err) == 1, err
     assert str(path) in err[0] and why in err[0], err
+
+
+# ----------------------------------------------------------------------------- planted symlinks
+@pytest.mark.parametrize("role, folder", [([], "eval-synthetic-test"), (["--role", "peer1"],
+                                                                       "eval-peer1-synthetic-test")])
+def test_eval_never_writes_through_a_symlinked_output_folder(run, tmp_path, capsys, role, folder):
+    victim = tmp_path / "V"
+    victim.mkdir()
+    (run / folder).symlink_to(victim)
+    code, _, err = cli_main(capsys, "eval", str(run), *role, "--device", "cpu")
+    assert_refused(code, err, run / folder, "is a symbolic link")
+    assert list(victim.iterdir()) == []
+
+
+def test_report_never_writes_through_a_symlinked_output_folder(run, tmp_path, capsys):
+    victim = tmp_path / "V"
+    victim.mkdir()
+    (run / "report").symlink_to(victim)
+    code, _, err = cli_main(capsys, "report", str(run))
+    assert_refused(code, err, run / "report", "is a symbolic link")
+    assert list(victim.iterdir()) == []
+
+
+def test_tensorboard_never_writes_through_a_link_planted_at_its_event_file_name(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.summary.writer import event_file_writer
+
+    out, victim = tmp_path / "run", tmp_path / "victim.txt"
+    victim.write_text("precious")
+    with ctrl_c_in_epoch(1):
+        code, _, _ = cli_main(capsys, "train", *RUN, "--epochs", "2", "--set", "train.tensorboard=true",
+                              "--out", str(out))
+    assert code == 130
+    # the names TensorBoard alone would give the resumed run's file: second, host, process, writer number
+    now, host, uid = int(time.time()), socket.gethostname(), event_file_writer._global_uid._value
+    for second in range(now - 1, now + 600):
+        for number in range(uid, uid + 3):
+            (out / f"events.out.tfevents.{second:010d}.{host}.{os.getpid()}.{number}").symlink_to(victim)
+    assert cli_main(capsys, "train", "--out", str(out), "--resume")[0] == 0
+    assert victim.read_text() == "precious"
+    written = [p for p in out.glob("events.out.tfevents.*") if not p.is_symlink()]
+    assert len(written) == 2 and all(p.stat().st_size > 0 for p in written)  # the first attempt's and the resumed
 
 
 # ----------------------------------------------------------------------------- inputs that are not regular files

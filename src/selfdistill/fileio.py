@@ -10,7 +10,8 @@ removed and the target keeps its previous content; the error (``OSError`` for a 
 for the caller to report.
 
 Temporary files are named ``.<target name>.<random>.tmp``; :func:`temporary_target` recognises the
-ones a killed process left behind.
+ones a killed process left behind. An output folder at a predictable name is created or reused only when it
+is a folder itself, never through a symlink (:func:`make_output_folder`).
 
 Reading: every input file is opened by :func:`open_regular`, which refuses anything but a regular file (a
 FIFO would block forever, a device like ``/dev/zero`` never ends), and metadata files are read whole by
@@ -132,6 +133,23 @@ def unused_path(base: str | Path) -> Path:
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
+
+
+def make_output_folder(path: Path, what: str) -> None:
+    """Create the folder ``path`` (and missing parents), or reuse it where it is a folder already. A symlink
+    at ``path`` itself is refused (a ``UserError`` naming ``what``): output folders have predictable names
+    (``RUN/eval-mnist-test``, ``RUN/report``), and one planted as a link would send the files wherever it
+    points. Other failures are the ``OSError`` of ``mkdir``."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        path.mkdir(parents=True, exist_ok=True)
+        info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise UserError(f"{what} {path} is a symbolic link, which output is never written through; remove the "
+                        "link, or give the folder it points to as --out")
+    if not stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{what} {path} exists and is not a folder; remove it or choose another --out")
 
 
 def _require_regular(mode: int, what: str) -> None:

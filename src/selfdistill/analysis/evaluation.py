@@ -49,7 +49,7 @@ from ..engine.rundir import METRICS, network_files
 from ..engine.runtime import Precision
 from ..engine.validate import resolve
 from ..errors import UserError, one_line
-from ..fileio import atomic_write_json, atomic_write_text, open_regular, read_small_file
+from ..fileio import atomic_write_json, atomic_write_text, make_output_folder, open_regular, read_small_file
 from ..methods.base import ROLE_PATTERN, STUDENT
 from ..models import build_model, check_model_name
 from ..models.card import ModelCard, card_path, read_model_card, weights_sha256
@@ -360,13 +360,14 @@ def _load_teachers(specs: list[TeacherSpec], spec: ModelCard) -> list[LoadedTeac
 
 
 def write_results(folder: Path, result: dict[str, Any]) -> None:
-    """``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``folder`` (created if needed)."""
+    """``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``folder`` (created if needed; never through
+    a symlink at ``folder``, see :func:`~selfdistill.fileio.make_output_folder`)."""
     rows = ["class,count,accuracy"]
     for label, (n, acc) in enumerate(zip(result["per_class_count"], result["per_class_accuracy"])):
         rows.append(f"{label},{n},{'' if acc is None else f'{acc:.4f}'}")
     title = f"{result['model']} on {result['dataset']} {result['split']} ({result['images']:,} images)"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_output_folder(folder, "--out")
         atomic_write_json(folder / "eval.json", result)
         atomic_write_text(folder / "per_class.csv", "\n".join(rows) + "\n")
         reliability_figure(folder / "reliability.png", result["reliability"], title)
