@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import UserError, one_line
-from ..fileio import atomic_torch_save
+from ..fileio import atomic_torch_save, open_regular
 from .sources import decode_cache_disabled, user_cache
 
 EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
@@ -118,11 +118,12 @@ def _decode_one(image_module: Any, path: Path, size: int) -> bytes:
     ``UnidentifiedImageError``, ``SyntaxError``, ``ValueError``, ``struct.error``, and
     ``DecompressionBombError`` for an image with too many pixels), so any of them means "cannot be decoded".
     """
-    try:
-        with image_module.open(path) as img:
-            return img.convert("RGB").resize((size, size), image_module.BILINEAR).tobytes()
-    except Exception as exc:
-        raise UserError(f"image {path} cannot be decoded ({type(exc).__name__}: {one_line(exc)[:160]})") from None
+    with open_regular(path, f"image {path}") as handle:  # an image listed in val_annotations.txt may be a FIFO
+        try:
+            with image_module.open(handle) as img:
+                return img.convert("RGB").resize((size, size), image_module.BILINEAR).tobytes()
+        except Exception as exc:
+            raise UserError(f"image {path} cannot be decoded ({type(exc).__name__}: {one_line(exc)[:160]})") from None
 
 
 def _labels(samples: Samples) -> torch.Tensor:
@@ -136,7 +137,7 @@ def _cache_key(root: Path, size: int, train: Samples, val: Samples) -> str:
         digest.update(f"\0{split}".encode())
         for path, label in samples:
             try:
-                with path.open("rb") as handle:
+                with open_regular(path, f"image {path}") as handle:  # a FIFO listed as an image would block
                     content = hashlib.file_digest(handle, "blake2b").digest()
             except OSError as exc:
                 raise UserError(f"image {path} cannot be read ({one_line(exc.strerror or exc)})") from None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, one_line
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import LONG_TEXT_LIMIT, atomic_write_bytes, atomic_write_text, read_small_file
 
 MANIFEST = "SHA256SUMS"
 
@@ -162,16 +162,14 @@ def read_manifest(path: Path) -> dict[str, str]:
     A manifest that is not a UTF-8 text file (a folder, binary data) is refused rather than skipped, as
     it would otherwise silently check nothing.
     """
+    raw = read_small_file(path, f"checksum manifest {path}", LONG_TEXT_LIMIT)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
         if "\0" in text:
             raise UnicodeError("a NUL byte")
     except UnicodeError:
         raise UserError(f"checksum manifest {path} is not a text file; it must hold lines '<sha256>  <file>' as "
                         "sha256sum writes them (or be deleted)") from None
-    except OSError as exc:
-        raise UserError(f"checksum manifest {path} cannot be read ({_why(exc)}); it must be a text file as "
-                        "sha256sum writes it") from None
     entries = {}
     for line in text.splitlines():
         parts = line.strip().split(maxsplit=1)

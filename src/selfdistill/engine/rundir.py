@@ -312,7 +312,7 @@ def resume_point(out: Path, mmap: bool = False) -> tuple[dict[str, Any], dict[st
         raise UserError(f"--resume: {out} holds {finals[0]} but no {CHECKPOINT} to continue from; to train this "
                         "run again, choose a new --out")
     saved = out / CONFIG
-    if not saved.is_file():
+    if not saved.exists():
         raise UserError(f"--resume: nothing to resume in {out} (no {CONFIG})")
     return read_yaml_file(saved, str(saved)), None
 
@@ -321,13 +321,14 @@ def load_checkpoint(out: Path, mmap: bool = False) -> dict[str, Any] | None:
     """The checkpoint in ``out``, checked; None if there is none. One that cannot be read, or that lacks
     or mistypes anything a resume needs, is a ``UserError`` naming the first problem."""
     path = out / CHECKPOINT
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:  # a truncated or foreign file: say so in one line
-        raise UserError(f"{path} cannot be loaded as a checkpoint ({type(exc).__name__}); it is damaged or not "
-                        "selfdistill's: move it away to start afresh") from None
+    with fileio.open_regular(path, str(path)) as handle:  # a FIFO or device there is refused, not read
+        try:  # mmap maps the file by its name (the open handle has shown it a regular file)
+            state = torch.load(path if mmap else handle, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as exc:  # a truncated or foreign file: say so in one line
+            raise UserError(f"{path} cannot be loaded as a checkpoint ({type(exc).__name__}); it is damaged or not "
+                            "selfdistill's: move it away to start afresh") from None
     problem = checkpoint_problem(state)
     if problem:
         raise UserError(f"{path} is damaged or not a selfdistill checkpoint of version {CHECKPOINT_VERSION}: "
