@@ -14,7 +14,9 @@ import csv
 import json
 import multiprocessing
 import os
+import resource
 import signal
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,8 +30,13 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["selfdistill.cli", "selfdistill.engine", "torch._inductor", "fault_runner"])
 
 
-def _child(argv: list[str], kill_at_write: int | None) -> None:
+def _child(argv: list[str], kill_at_write: int | None, stderr: str = os.devnull,
+           more_memory: int | None = None) -> None:
     from selfdistill import cli, fileio
+
+    if more_memory is not None:  # the address space it has now, plus more_memory: then MemoryError
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (_address_space() + more_memory, hard))
 
     if kill_at_write is not None:
         original, count = fileio._write_chunk, [0]
@@ -42,14 +49,25 @@ def _child(argv: list[str], kill_at_write: int | None) -> None:
             return original(fd, chunk)
 
         fileio._write_chunk = write_then_die
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+    with open(os.devnull, "w") as null, open(stderr, "w") as err, contextlib.redirect_stdout(null), \
+            contextlib.redirect_stderr(err):
         code = cli.main(argv)
     os._exit(code)
 
 
-def start(argv: list[str], kill_at_write: int | None = None) -> multiprocessing.Process:
-    """Start ``selfdistill <argv>`` in a child."""
-    proc = _CONTEXT.Process(target=_child, args=(argv, kill_at_write))
+def _address_space() -> int:
+    """This process's virtual memory size in bytes (``VmSize``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+def start(argv: list[str], kill_at_write: int | None = None, stderr: str = os.devnull,
+          more_memory: int | None = None) -> multiprocessing.Process:
+    """Start ``selfdistill <argv>`` in a child (its stderr written to the file ``stderr``; with ``more_memory``,
+    allowed that many bytes of address space beyond what it starts with)."""
+    proc = _CONTEXT.Process(target=_child, args=(argv, kill_at_write, stderr, more_memory))
     proc.start()
     return proc
 
@@ -71,6 +89,15 @@ def run(argv: list[str], kill_at_write: int | None = None, kill_after: float | N
         if proc.exitcode is None:
             os.kill(proc.pid, signal.SIGKILL)
     return finish(proc)
+
+
+def run_bounded(argv: list[str], timeout: float = 120, more_memory: int = 2 << 30) -> tuple[int, list[str]]:
+    """Run ``selfdistill <argv>`` in a child that is stopped (``TimeoutError``) after ``timeout`` seconds and
+    gets ``more_memory`` bytes of address space beyond its start: an input that would make a regression
+    hang or read until memory runs out then fails the test instead. The exit code and the lines of stderr."""
+    with tempfile.NamedTemporaryFile("r") as err:
+        code = finish(start(argv, stderr=err.name, more_memory=more_memory), timeout)
+        return code, err.read().strip().splitlines()
 
 
 def _log(path: Path) -> list[dict[str, str]]:

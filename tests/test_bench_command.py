@@ -10,7 +10,8 @@ import torch
 from conftest import cli_main, small_config
 from selfdistill import cli
 from selfdistill.commands.bench import BareLoop, format_bench, run_bench
-from selfdistill.engine import Trainer
+from selfdistill.engine import Trainer, train
+from selfdistill.engine.networks import FrozenNetwork
 
 # 64 synthetic 8x8 images, batch 16: 2 steps cover half of them, --steps 10 more than all
 SYNTH = ["--dataset", "synthetic", "--model", "mlp", "--batch-size", "16", "--threads", "1",
@@ -73,6 +74,27 @@ def test_the_bare_loop_starts_from_the_students_weights_in_the_engines_layout():
     conv = next(p for p in bare.model.parameters() if p.dim() == 4 and p.shape[1] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert bare.run(0) > 0
+
+
+def test_the_bare_loop_forwards_each_frozen_teacher_once_per_step_like_the_engine(tmp_path, monkeypatch):
+    train(small_config(train={"epochs": 1, "progress": False, "threads": 1}), tmp_path / "teacher")
+    calls = []
+    forward = FrozenNetwork.__call__
+
+    def counted(self, inputs):
+        calls.append((self, len(inputs)))
+        return forward(self, inputs)
+
+    monkeypatch.setattr(FrozenNetwork, "__call__", counted)
+    for teachers in ([str(tmp_path / "teacher")] * 2, []):
+        trainer = Trainer(small_config(method={"name": "kd" if teachers else "ce"}, teachers=teachers))
+        bare = BareLoop(trainer)
+        calls.clear()
+        assert bare.run(0) > 0
+        assert calls == [(t, 16) for _ in range(trainer.steps) for t in trainer.teachers]  # the engine's teachers
+        result = run_bench(trainer.config, steps=2, repeats=1)
+        assert result["bare_loop"].endswith(" (+ 2 teacher forwards)" if teachers else " alone")
+        assert result["bare_loop"] in format_bench(result)
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -3,20 +3,26 @@ eval and report end to end. Most commands run in this process (fast); a few run 
 check exit codes, stderr and Ctrl-C as a shell sees them."""
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import cli_main, run_cli
-from selfdistill import cli
+from conftest import cli_main, run_cli, small_config
+from selfdistill import cli, models
 from selfdistill.commands import listings
 from selfdistill.commands.recipes import bundled_recipes
-from selfdistill.engine import tensorboard
+from selfdistill.engine import tensorboard, train
+from selfdistill.methods import METHODS, Method
+from selfdistill.methods.dml import DML, DMLOptions
 
 TINY = ["--set", "data.train_subset=1000", "--set", "data.eval_batch_size=500"]
 SYNTH = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "2", "--batch-size", "16",
@@ -31,6 +37,39 @@ def test_methods_lists_one_line_each(capsys):
                                    "tf_kd_self", "tf_kd_reg", "byot", "kd", "dkd", "dist", "nkd", "sp", "crd",
                                    "mix_kd", "ca_mkd", "dml", "switokd", "sokd", "bd_kd", "lightskd"]
     assert all(len(line.split()) > 3 for line in lines)
+
+
+def test_methods_say_whether_they_need_a_teacher_or_train_several_networks(capsys):
+    code, out, _ = cli_main(capsys, "methods")
+    needs = {line.split()[0]: line.split("  ")[1:] for line in out.splitlines()}
+    needs = {name: next(part.strip() for part in parts if part) for name, parts in needs.items()}
+    assert code == 0 and {name: needs[name] for name in ("dlb", "lightskd", "dkd", "kd", "ca_mkd", "dml", "switokd",
+                                                         "sokd")} == {
+        "dlb": "teacher-free", "lightskd": "teacher-free", "dkd": "needs a teacher", "kd": "needs 1+ teachers",
+        "ca_mkd": "needs 2+ teachers", "dml": "trains 2+ networks (online)", "switokd": "trains 2 networks (online)",
+        "sokd": "needs a teacher; trains 2 networks (online)"}
+    for name, cls in METHODS.items():  # the declarations say what the classes do
+        online = cls.networks is not Method.networks
+        assert (cls.networks_added != (0, 0)) == online == needs[name].endswith("(online)"), name
+        assert (cls.teachers_needed != (0, 0)) == needs[name].startswith("needs "), name
+    cohort = DML(DMLOptions(peers=["mlp", "cnn", "mlp"])).networks(SimpleNamespace(model_name="mlp"))
+    assert len(cohort) == 3 and DML.networks_added == (1, None)
+
+
+def test_models_lists_each_architecture_once_with_its_aliases_origin_and_options(capsys, monkeypatch):
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    models.register_model("tiny", lambda num_classes, in_channels, image_size, width=2: None)
+    code, out, _ = cli_main(capsys, "models")
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert code == 0 and list(lines) == [name for name in models.MODELS if name not in models.ALIASES]
+    assert set(lines) - {"tiny"} == set(models.NOTES)  # every architecture of ours says what it is
+    columns = {name: re.split(" {2,}", line, maxsplit=1) for name, line in lines.items()}
+    assert columns["wrn16_2"][0] == "wrn16_2 = wrn_16_2" and columns["wrn16_2"][1].startswith("Wide ResNet WRN-16-2 ")
+    assert columns["MobileNetV2"][0] == "MobileNetV2 = mobilenetv2_x0_5" and columns["vgg16"][0] == "vgg16"
+    assert "DLB's VGG-16" in lines["vgg16"] and "RepDistiller's vgg16 (not DLB's vgg16)" in lines["vgg16_bn"]
+    assert lines["mlp"].endswith(" | options: hidden=[512, 256], dropout=0.0, input_dropout=0.0")
+    assert lines["resnet8x4"].endswith(" | options: width=4") and lines["vgg16"].endswith(" | no options")
+    assert columns["tiny"][1] == "registered with register_model | options: its keyword arguments"
 
 
 def test_recipes_lists_every_bundled_recipe_with_what_it_reproduces(capsys):
@@ -119,6 +158,36 @@ def test_ctrl_c_in_other_commands_says_only_that(capsys, monkeypatch):
     assert code == 130 and err == ["selfdistill: interrupted"]
 
 
+def full_pipe() -> tuple[int, int]:
+    """A pipe holding all it can, in lines: a command that writes into it waits until its reader goes."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write, b"\n" * 4096)
+    os.set_blocking(write, True)
+    return read, write
+
+
+@pytest.mark.parametrize("args", [["recipes"], ["models"], ["methods"], ["report"], ["train", "--help"]])
+def test_a_reader_that_stops_after_one_line_ends_the_command_quietly(tmp_path, args):
+    """As ``selfdistill COMMAND | head -1``: the reader takes a line and goes while the command is still writing.
+    The pipe is full before the command starts, so that the command is surely still writing when its reader goes:
+    into an empty pipe, a short listing could be written whole before, and never meet the closed pipe."""
+    if args == ["report"]:
+        train(small_config(train={"epochs": 1, "progress": False, "threads": 1}), tmp_path / "run")
+        args = ["report", str(tmp_path), "--no-plots"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # so a short output is written at the end
+    read, write = full_pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "selfdistill", *args], stdout=write, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    os.close(write)
+    assert os.read(read, 1) == b"\n"  # one line
+    os.close(read)
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (cli.PIPE_CLOSED, "") and cli.PIPE_CLOSED == 141
+
+
 def test_train_on_real_bundled_images_then_refuse_to_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, _ = cli_main(capsys, "train", "--method", "dlb", "--epochs", "1", "--seed", "3", "--out", str(out),
@@ -133,6 +202,19 @@ def test_train_on_real_bundled_images_then_refuse_to_overwrite(tmp_path, capsys)
     before = (out / "metrics.json").read_bytes()
     code, _, err = cli_main(capsys, "train", "--method", "dlb", "--epochs", "1", "--out", str(out), *TINY)
     assert code == 2 and "finished run" in err[0] and (out / "metrics.json").read_bytes() == before
+
+
+def test_the_start_line_names_every_network_an_online_method_trains(tmp_path, capsys):
+    code, out, _ = cli_main(capsys, "train", *SYNTH, "--epochs", "1", "--method", "dml", "--out", str(tmp_path / "r"),
+                            "--set", "method.peers=[mlp,cnn]", "--set", "model.options.hidden=[16]")
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    networks = metrics["networks"]
+    size = {"student": f"{metrics['parameters']:,}", **{role: f"{networks[role]['parameters']:,}"
+                                                         for role in ("peer1", "peer2")}}
+    assert code == 0 and networks["peer1"]["model"] == "mlp" and networks["peer2"]["model"] == "cnn"
+    assert len(set(size.values())) == 2  # the peer like the student takes its options; the CNN is another size
+    assert f"| dml on synthetic with student mlp ({size['student']} parameters) + peer1 mlp ({size['peer1']} " \
+           f"parameters) + peer2 cnn ({size['peer2']} parameters) | 64 train / 32 test images | " in out.splitlines()[0]
 
 
 def test_print_config_applies_config_file_flags_and_sets_in_order(capsys):

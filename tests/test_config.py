@@ -15,7 +15,8 @@ def test_defaults_resolve_and_list_every_method_option():
 
 def test_layers_override_in_order_and_set_values_parse_as_yaml():
     config = resolve([{"train": {"epochs": 5}}, {"train": {"epochs": 7}},
-                      parse_assignment("schedule.milestones=[3, 5]"), parse_assignment("method.name=dlb"),
+                      parse_assignment("schedule.name=multistep"), parse_assignment("schedule.milestones=[3, 5]"),
+                      parse_assignment("method.name=dlb"),
                       parse_assignment("method.alpha=0.5")])
     assert config.train.epochs == 7
     assert config.schedule.milestones == [3, 5]

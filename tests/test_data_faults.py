@@ -8,6 +8,7 @@ import io
 import math
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 import tracemalloc
@@ -420,6 +421,28 @@ def refuse_downloads(monkeypatch):
     monkeypatch.setattr("urllib.request.urlopen", urlopen)
 
 
+def test_a_data_dir_that_is_the_dataset_s_own_folder_names_its_parent(tmp_path, monkeypatch):
+    refuse_downloads(monkeypatch)
+    make_idx_root(tmp_path)
+    folder = tmp_path / "mnist"
+    one_line_error(lambda: load_dataset(DataConfig(dataset="mnist", data_dir=str(folder))),
+                   f"--data-dir (data.data_dir) {folder} is the mnist/ folder itself; point it at its parent, "
+                   f"{tmp_path}")
+    assert not (folder / "mnist").exists()
+
+
+def test_a_failed_download_names_the_files_and_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    def urlopen(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", urlopen)
+    typo = tmp_path / "mistyped" / "data"
+    message = one_line_error(lambda: load_dataset(DataConfig(dataset="mnist", data_dir=str(typo))),
+                             "could not download")
+    assert ", ".join(IDX_FILES) in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither data/ nor mistyped/ is left behind
+
+
 def test_a_data_dir_that_is_a_file_is_refused_before_any_download(tmp_path, monkeypatch):
     refuse_downloads(monkeypatch)
     not_a_dir = tmp_path / "data.txt"
@@ -617,8 +640,9 @@ def make_tiny_folder(root: Path, annotations: str) -> Path:
 
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch) -> Path:
-    """The user cache, in a folder that does not exist yet."""
+    """The user cache, in a folder that does not exist yet (and turned on: conftest turns it off)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg" / "not" / "yet"))
+    monkeypatch.delenv("SELFDISTILL_NO_CACHE")
     return tmp_path / "xdg" / "not" / "yet" / "selfdistill" / "decoded"
 
 
@@ -680,6 +704,7 @@ def test_an_unwritable_cache_only_warns(tmp_path, monkeypatch, capsys):
     root = make_generic_folder(tmp_path / "images")
     (tmp_path / "home-file").write_text("not a folder")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-file"))  # the cache folder cannot be created
+    monkeypatch.delenv("SELFDISTILL_NO_CACHE")
     train_x, *_ = read_image_folder(root, 8)
     assert train_x.shape == (4, 3, 8, 8)
     warning = capsys.readouterr().err.strip()
@@ -762,3 +787,31 @@ def test_an_unreadable_image_folder_is_one_line(tmp_path, cache_home, monkeypatc
         return real_iterdir(self)
     monkeypatch.setattr(Path, "iterdir", iterdir)
     one_line_error(lambda: read_image_folder(root, 8), root, "Permission denied")
+
+
+def test_an_image_replaced_by_one_of_the_same_size_and_mtime_is_decoded_again(tmp_path, cache_home):
+    """``cp -p`` / ``rsync -a`` keep the modification time; the cache is keyed on content, not on it."""
+    from PIL import Image
+
+    root = make_generic_folder(tmp_path / "images")
+    image = root / "train" / "cat" / "0.png"
+    almost_red = (254, 0, 0)
+    Image.new("RGB", (16, 16), almost_red).save(tmp_path / "other.png")
+    assert (tmp_path / "other.png").stat().st_size == image.stat().st_size  # same byte size, other pixels
+    train_x, *_ = read_image_folder(root, 8)
+    assert train_x[0, :, 0, 0].tolist() == list(RED)
+    before = image.stat()
+    shutil.copyfile(tmp_path / "other.png", image)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    train_x, *_ = read_image_folder(root, 8)
+    assert train_x[0, :, 0, 0].tolist() == list(almost_red)
+
+
+def test_the_no_cache_switch_turns_the_image_folder_cache_off(tmp_path, cache_home, monkeypatch):
+    root = make_generic_folder(tmp_path / "images")
+    monkeypatch.setenv("SELFDISTILL_NO_CACHE", "1")
+    read_image_folder(root, 8)
+    assert not cache_home.exists()
+    monkeypatch.setenv("SELFDISTILL_NO_CACHE", "0")
+    read_image_folder(root, 8)
+    assert len(list(cache_home.glob("*.pt"))) == 1

@@ -50,6 +50,17 @@ def test_demo_trains_both_methods_and_writes_table_and_plot(tmp_path):
     assert "| ce |" in result.stdout
 
 
+def test_readme_python_api_example_runs_as_a_complete_program(tmp_path):
+    block = re.search(r"## Python API.*?```python\n(.*?)```", README, re.S).group(1)
+    script = tmp_path / "api.py"
+    script.write_text(block)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    teacher, student = map(float, re.search(r"teacher ([\d.]+)%, KD student after 2 epochs: ([\d.]+)%",
+                                            result.stdout).groups())
+    assert teacher > 60 and student > 60
+
+
 @pytest.fixture(scope="module")
 def stand_in_teachers(tmp_path_factory):
     """A randomly initialised teacher of each architecture and data shape, saved once per module."""

@@ -99,7 +99,7 @@ def test_bad_cards_are_one_line_errors_naming_the_card(trained, tmp_path, conten
 def test_a_directory_in_place_of_the_card_is_refused(trained, tmp_path):
     run = copy_run(trained, tmp_path, card=False)
     (run / "model.json").mkdir()
-    user_error("is a directory, not a model card", read_model_card, run / "model.pt")
+    user_error("is a directory, not a regular file", read_model_card, run / "model.pt")
 
 
 # ----------------------------------------------------------------------------- evaluation

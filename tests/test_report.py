@@ -242,7 +242,7 @@ def test_malformed_metrics_are_one_line_errors_naming_the_run_and_file(tmp_path,
 @pytest.mark.parametrize("damage, match", [
     ("rm:log.csv", "log.csv is missing"),
     ("rm:config.yaml", "config.yaml is missing"),
-    ("dir:log.csv", "log.csv is missing"),
+    ("dir:log.csv", "log.csv is a directory, not a regular file"),
     ("write:log.csv:epoch,lr\n", "log.csv has no epoch rows"),
     ("write:log.csv:epoch,lr\n1,0.1\n", "log.csv has no 'test_top1' column"),
     ("write:log.csv:epoch,test_top1\n1,abc\n", "log.csv line 2, column 'test_top1': 'abc' is not a number"),

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 import selfdistill.models as models
 from conftest import write_module
+from selfdistill.commands.listings import model_lines
 from selfdistill.errors import UserError
 from selfdistill.models import (
     FeatureTaps,
@@ -172,6 +173,12 @@ def test_entry_point_names_are_listed_without_importing_them(plugin):
     names = model_names()
     assert {"plugin_mlp", "plugin_missing", "plugin_value"} <= set(names)
     assert names.count("mlp") == 1  # ours wins over a plug-in's name
+    assert plugin not in sys.modules
+
+
+def test_selfdistill_models_lists_an_entry_point_without_importing_it(plugin):
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in model_lines()}
+    assert lines["plugin_mlp"] == "entry point | options: its keyword arguments"
     assert plugin not in sys.modules
 
 

@@ -12,9 +12,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Config": ".config", "resolve": ".config", "Trainer": ".engine", "train": ".engine",
+    "Config": ".config", "resolve": ".engine", "Trainer": ".engine", "train": ".engine",
     "cross_entropy": ".losses", "kd_kl": ".losses", "DLB": ".methods", "Batch": ".methods", "Outputs": ".methods",
-    "build_method": ".methods", "FeatureTaps": ".models", "build_model": ".models", "DLBHelper": ".plugin",
+    "build_method": ".methods", "FeatureTaps": ".models", "build_model": ".models", "register_model": ".models",
+    "load_model": ".analysis.saved", "DLBHelper": ".plugin",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -7,7 +7,9 @@ one-line errors should not wait for).
 Every failure ends with one line on stderr and an exit code (see :mod:`selfdistill.errors`): 2 for
 bad input (nothing started or written), 3 for a diverged run, 4 for a failed write to the run
 directory, 5 for a failed process of a distributed run, 130 for Ctrl-C. Under ``torchrun`` (or
-``--nproc``) only rank 0 prints, except for the rank that notices a peer has stopped.
+``--nproc``) only rank 0 prints, except for the rank that notices a peer has stopped. A command whose
+stdout is closed before it has printed everything (``selfdistill recipes | head -1``) stops quietly with
+141, as a shell reports any program that a closed pipe stops.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import re
 import signal
 import sys
@@ -29,6 +32,7 @@ from .config import Config
 from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean, printable_line
 
 DEFAULTS = Config()
+PIPE_CLOSED = 141  # 128 + SIGPIPE: the shell's code for a program stopped by writing into a closed pipe
 NON_MAIN_GRACE_S = 5.0  # a failing rank other than 0 waits this long, so that rank 0's line is the one shown
 _ARGV: list[str] = []  # the arguments being parsed, for hints in argparse's errors
 
@@ -162,8 +166,9 @@ def build_parser() -> Parser:
                                          "beside a bare PyTorch loop",
                            description="Time the trainer `train` would build from the same flags (nothing is "
                                        "written): its training step, a bare PyTorch loop on the same model, data, "
-                                       "optimiser and layout, and its evaluation, alternating in one process; "
-                                       "medians after a warm-up round. Exit codes: 0 done, 2 bad input.")
+                                       "optimiser and layout (forwarding the same frozen teachers), and its "
+                                       "evaluation, alternating in one process; medians after a warm-up round. Exit "
+                                       "codes: 0 done, 2 bad input.")
     for action in train._actions:  # the same flag objects as train's, as argparse's `parents` shares them
         if action.dest in BENCH_FLAGS:
             bench._add_action(action)
@@ -232,6 +237,31 @@ def interrupts_deferred() -> Iterator[list[bool]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command ``argv`` names (default: ``sys.argv``) and return its exit code."""
+    try:
+        try:
+            code = _run(argv)
+        except SystemExit:  # --help and --version, which argparse has printed
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # here, where a closed pipe is caught, rather than at exit, where it ends in a traceback
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """Stdout's reader has gone (``selfdistill models | head -1``): stop without a word, as a program that the
+    pipe's SIGPIPE stops, and with its exit code. Python ignores SIGPIPE, so the write raised instead; what
+    is still buffered goes to /dev/null, or the interpreter's last flush would fail again with a traceback."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: a stdout without a file descriptor (tests)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return PIPE_CLOSED
+
+
+def _run(argv: list[str] | None) -> int:
     global _ARGV
     argv = list(sys.argv[1:] if argv is None else argv)
     _ARGV = argv

@@ -49,7 +49,7 @@ from ..engine.rundir import METRICS, network_files
 from ..engine.runtime import Precision
 from ..engine.validate import resolve
 from ..errors import UserError, one_line
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, make_output_folder, open_regular, read_small_file
 from ..methods.base import ROLE_PATTERN, STUDENT
 from ..models import build_model, check_model_name
 from ..models.card import ModelCard, card_path, read_model_card, weights_sha256
@@ -88,9 +88,10 @@ def run_roles(run: Path) -> list[str]:
     """The trainable networks of a finished run by role: the student, then the other networks of an online
     run in the order its ``metrics.json`` lists them (``networks``)."""
     where = run / METRICS
+    raw = read_small_file(where, str(where))
     try:
-        metrics = json.loads(where.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        metrics = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{where} cannot be read, so the run's networks are not known ({one_line(exc)})") from None
     networks = metrics.get("networks") if isinstance(metrics, dict) else None
     if networks is not None and not (isinstance(networks, dict) and all(
@@ -182,11 +183,12 @@ def input_spec(card: ModelCard | None, model: str | None, data: ImageDataset, we
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """A plain ``state_dict`` loaded with ``weights_only=True``."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated, foreign or unsafe file: one line, whatever torch raised
-        raise UserError(f"{path} cannot be loaded as model weights ({type(exc).__name__}: "
-                        f"{textwrap.shorten(one_line(exc), 160)})") from None
+    with open_regular(path, str(path)) as handle:
+        try:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated, foreign or unsafe file: one line, whatever torch raised
+            raise UserError(f"{path} cannot be loaded as model weights ({type(exc).__name__}: "
+                            f"{textwrap.shorten(one_line(exc), 160)})") from None
     if isinstance(state, dict) and "model" in state and "optimizer" in state:
         raise UserError(f"{path} is a training checkpoint, not model weights; evaluate the finished run's model.pt")
     if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, torch.Tensor)
@@ -358,13 +360,14 @@ def _load_teachers(specs: list[TeacherSpec], spec: ModelCard) -> list[LoadedTeac
 
 
 def write_results(folder: Path, result: dict[str, Any]) -> None:
-    """``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``folder`` (created if needed)."""
+    """``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``folder`` (created if needed; never through
+    a symlink at ``folder``, see :func:`~selfdistill.fileio.make_output_folder`)."""
     rows = ["class,count,accuracy"]
     for label, (n, acc) in enumerate(zip(result["per_class_count"], result["per_class_accuracy"])):
         rows.append(f"{label},{n},{'' if acc is None else f'{acc:.4f}'}")
     title = f"{result['model']} on {result['dataset']} {result['split']} ({result['images']:,} images)"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_output_folder(folder, "--out")
         atomic_write_json(folder / "eval.json", result)
         atomic_write_text(folder / "per_class.csv", "\n".join(rows) + "\n")
         reliability_figure(folder / "reliability.png", result["reliability"], title)

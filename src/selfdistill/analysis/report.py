@@ -35,7 +35,7 @@ from typing import Any
 
 from ..config import REPORT_IGNORED_FIELDS, Config
 from ..errors import UserError, one_line
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, make_output_folder
 from .plots import Curve, curve_panels, reliability_grid
 from .runs import (
     ENSEMBLE,
@@ -369,7 +369,8 @@ def plot_reliability(groups: list[Group], path: Path) -> list[str]:
 
 def build_report(paths: list[str], out: Path | None, plots: bool = True) -> str:
     """The markdown report (table and notes) of the runs under ``paths``; with ``out``, also
-    ``report.md`` and, with ``plots``, ``accuracy.png`` and ``reliability.png`` in it."""
+    ``report.md`` and, with ``plots``, ``accuracy.png`` and ``reliability.png`` in it (a folder created if
+    needed, never through a symlink at ``out``)."""
     groups = group_runs(find_runs(paths))
     rows = [summary_row(g) for g in groups]
     table = markdown_table(rows)
@@ -380,7 +381,7 @@ def build_report(paths: list[str], out: Path | None, plots: bool = True) -> str:
         return _document(table, notes)
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        make_output_folder(out, "--out")
         if plots:
             plot_accuracy(groups, out / "accuracy.png")
             notes.append(f"{out / 'accuracy.png'}: evaluated top-1 per epoch, band ± std over seeds")

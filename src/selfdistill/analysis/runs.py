@@ -18,6 +18,7 @@ from typing import Any, Iterable
 from ..config import parse_yaml
 from ..engine.validate import resolve
 from ..errors import UserError, one_line
+from ..fileio import LONG_TEXT_LIMIT, METADATA_LIMIT, read_small_file
 
 # (metric, column header, digits); the first three are read as <split>_<metric>
 METRIC_COLUMNS = (("top1", "top-1 %", 2), ("nll", "NLL", 3), ("ece", "ECE %", 2),
@@ -70,15 +71,15 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _read_text(run: Path, name: str) -> str:
+def _read_text(run: Path, name: str, limit: int = METADATA_LIMIT) -> str:
+    """The text of a run's file; one that is missing, not a regular file, over ``limit`` bytes or not UTF-8 is
+    a ``UserError``."""
     path = run / name
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{run}: {name} is missing; a finished run directory holds config.yaml, log.csv and "
                         f"metrics.json")
     try:
-        return path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise UserError(f"{run}: cannot read {name} ({exc.strerror or one_line(exc)})") from None
+        return read_small_file(path, f"{run}: {name}", limit).decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{run}: {name} is not UTF-8 text") from None
 
@@ -130,7 +131,7 @@ def _check_reliability(where: str, rel: Any) -> None:
 
 def _read_log(run: Path, split: str) -> list[dict[str, float | None]]:
     try:
-        rows = list(csv.DictReader(_read_text(run, "log.csv").splitlines()))
+        rows = list(csv.DictReader(_read_text(run, "log.csv", LONG_TEXT_LIMIT).splitlines()))
     except csv.Error as exc:
         raise UserError(f"{run}: log.csv is not a readable CSV file ({one_line(exc)})") from None
     if not rows:

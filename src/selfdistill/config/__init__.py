@@ -369,6 +369,13 @@ def _check_schedule(s: ScheduleConfig, where: str) -> None:
     require(all(m >= 1 for m in s.milestones) and s.milestones == sorted(s.milestones), f"{where}.milestones",
             s.milestones, "increasing epochs >= 1")
     require(s.min_lr >= 0, f"{where}.min_lr", s.min_lr, "a number >= 0")
+    # a key of another schedule than the chosen one would be ignored in silence: refused instead
+    default = ScheduleConfig()
+    for key, used_by in (("milestones", "multistep"), ("gamma", "multistep"), ("min_lr", "cosine")):
+        value = getattr(s, key)
+        require(s.name == used_by or value == getattr(default, key), f"{where}.{key}", value,
+                f"{getattr(default, key)!r} under {where}.name={s.name} (only {used_by} uses {key}: add --set "
+                f"{where}.name={used_by}, or drop it)")
 
 
 def differences(a: Config, b: Config, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError, did_you_mean, one_line
+from ..fileio import read_small_file
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -44,13 +45,9 @@ def parse_yaml(text: str, where: str) -> Any:
 
 
 def read_yaml_file(path: Path, where: str) -> dict[str, Any]:
-    """A YAML file whose top level is a mapping; an unreadable, binary or malformed file is a ``UserError``."""
-    try:
-        raw = path.read_bytes()
-    except IsADirectoryError:
-        raise UserError(f"{where}: is a directory, not a YAML file") from None
-    except OSError as exc:
-        raise UserError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    """A YAML file whose top level is a mapping; an unreadable, binary, oversized or malformed file, or one
+    that is not a regular file, is a ``UserError``."""
+    raw = read_small_file(path, where)
     if b"\0" in raw:
         raise UserError(f"{where}: is a binary file, not YAML")
     try:

@@ -38,7 +38,7 @@ import torch
 
 from ..errors import UserError, one_line
 from ..fileio import atomic_write_bytes
-from .sources import user_cache
+from .sources import decode_cache_disabled, user_cache
 
 UBYTE = 0x08
 MAX_DIMS = 8  # far more than image data needs, and within torch's limit on tensor dimensions
@@ -131,7 +131,7 @@ def write_idx(path: Path, array: torch.Tensor) -> None:
 def _cache_folder(source: Path) -> Path | None:
     """The folder of the decode cache, or None when ``source`` is not to be cached (see the module docstring).
     Cache files are named after the source and the start of the key; the full key inside is what counts."""
-    if source.suffix != ".gz" or os.environ.get("SELFDISTILL_NO_CACHE", "0") != "0":
+    if source.suffix != ".gz" or decode_cache_disabled():
         return None
     try:
         return user_cache() / "decoded"

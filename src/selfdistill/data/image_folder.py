@@ -10,11 +10,14 @@ Images are converted to RGB and resized to ``size`` x ``size`` (bilinear, antial
 time; the DLB and LightSKD recipes train Tiny-ImageNet at 32 x 32. Decoding needs Pillow
 (``pip install 'selfdistill[images]'``).
 
-The decoded tensors are cached in ``user_cache()/decoded/`` so later runs start in seconds. The cache
-key covers everything the tensors depend on: the relative path, size and modification time (ns) of
-every image, the annotations file's bytes, the decode size and the cache format, so an image replaced
-under the same name is decoded again. The cache is written atomically; a damaged cache file is an
-error that names it, and a cache that cannot be written (read-only or full disk) only costs a warning.
+The decoded tensors are cached in ``user_cache()/decoded/`` so later runs start in seconds (not with
+``SELFDISTILL_NO_CACHE`` set to anything but ``0``). The cache key covers everything the tensors depend
+on: the relative path, label and content (BLAKE2b of the bytes) of every image, the annotations file's
+bytes, the decode size and the cache format, so an image replaced under the same name is decoded again,
+also one of the same size whose modification time was kept (``cp -p``, ``rsync -a``). Hashing reads
+every image at each start (about a second per few hundred MB), far less than decoding them. The cache
+is written atomically; a damaged cache file is an error that names it, and a cache that cannot be
+written (read-only or full disk) only costs a warning.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ import torch
 from tqdm import tqdm
 
 from ..errors import UserError, one_line
-from ..fileio import atomic_torch_save
-from .sources import user_cache
+from ..fileio import atomic_torch_save, open_regular
+from .sources import decode_cache_disabled, user_cache
 
 EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
-CACHE_FORMAT = 2  # bump when the cached content or its key changes
+CACHE_FORMAT = 3  # bump when the cached content or its key changes
 CACHE_KEYS = ("train_x", "train_y", "val_x", "val_y")
 Samples = list[tuple[Path, int]]
 
@@ -115,11 +118,12 @@ def _decode_one(image_module: Any, path: Path, size: int) -> bytes:
     ``UnidentifiedImageError``, ``SyntaxError``, ``ValueError``, ``struct.error``, and
     ``DecompressionBombError`` for an image with too many pixels), so any of them means "cannot be decoded".
     """
-    try:
-        with image_module.open(path) as img:
-            return img.convert("RGB").resize((size, size), image_module.BILINEAR).tobytes()
-    except Exception as exc:
-        raise UserError(f"image {path} cannot be decoded ({type(exc).__name__}: {one_line(exc)[:160]})") from None
+    with open_regular(path, f"image {path}") as handle:  # an image listed in val_annotations.txt may be a FIFO
+        try:
+            with image_module.open(handle) as img:
+                return img.convert("RGB").resize((size, size), image_module.BILINEAR).tobytes()
+        except Exception as exc:
+            raise UserError(f"image {path} cannot be decoded ({type(exc).__name__}: {one_line(exc)[:160]})") from None
 
 
 def _labels(samples: Samples) -> torch.Tensor:
@@ -133,11 +137,11 @@ def _cache_key(root: Path, size: int, train: Samples, val: Samples) -> str:
         digest.update(f"\0{split}".encode())
         for path, label in samples:
             try:
-                stat = path.stat()
+                with open_regular(path, f"image {path}") as handle:  # a FIFO listed as an image would block
+                    content = hashlib.file_digest(handle, "blake2b").digest()
             except OSError as exc:
                 raise UserError(f"image {path} cannot be read ({one_line(exc.strerror or exc)})") from None
-            digest.update(b"\0" + os.fsencode(path.relative_to(root)) +
-                          f"\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}".encode())
+            digest.update(b"\0" + os.fsencode(path.relative_to(root)) + f"\0{label}\0".encode() + content)
     annotations = root / "val" / "val_annotations.txt"
     if annotations.is_file():
         digest.update(b"\0annotations\0" + annotations.read_bytes())
@@ -178,13 +182,14 @@ def read_image_folder(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor
     """Train images, train labels, validation images, validation labels and the number of classes."""
     try:
         classes, train, val = list_samples(root)
-        key = _cache_key(root, size, train, val)
+        cache = None if decode_cache_disabled() else \
+            user_cache() / "decoded" / f"{root.name}-{size}-{_cache_key(root, size, train, val)[:16]}.pt"
     except OSError as exc:
         raise UserError(f"image folder {root} cannot be read ({one_line(exc)})") from None
-    cache = user_cache() / "decoded" / f"{root.name}-{size}-{key[:16]}.pt"
-    tensors = _load_cache(cache, size, train, val)
+    tensors = _load_cache(cache, size, train, val) if cache is not None else None
     if tensors is None:
         tensors = (*_decode(train, size, "train"), *_decode(val, size, "val"))
-        _save_cache(cache, tensors)
+        if cache is not None:
+            _save_cache(cache, tensors)
     train_x, train_y, val_x, val_y = tensors
     return train_x, train_y, val_x, val_y, len(classes)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, one_line
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import LONG_TEXT_LIMIT, atomic_write_bytes, atomic_write_text, read_small_file
 
 MANIFEST = "SHA256SUMS"
 
@@ -57,6 +57,12 @@ def user_cache() -> Path:
     return Path(base) / "selfdistill"
 
 
+def decode_cache_disabled() -> bool:
+    """``SELFDISTILL_NO_CACHE`` set to anything but ``0``: decoded data is neither read from nor written to
+    the user cache (IDX files and image folders alike)."""
+    return os.environ.get("SELFDISTILL_NO_CACHE", "0") != "0"
+
+
 def data_roots(data_dir: str | None) -> list[Path]:
     """The roots to search, in order (see the module docstring)."""
     if data_dir:
@@ -75,6 +81,7 @@ def locate(source: Source, data_dir: str | None, download: bool) -> dict[str, Pa
     why = "downloading is off" if source.downloads else "this dataset has no public download"
     if data_dir:
         _check_data_dir(roots[0], source, can_download, why)
+        _refuse_dataset_folder(roots[0], source)
     for root in roots:
         found = _find_files(root / source.folder, source)
         if found is not None:
@@ -106,6 +113,16 @@ def _check_data_dir(root: Path, source: Source, can_download: bool, why: str) ->
     if not exists and not can_download:
         raise UserError(f"--data-dir (data.data_dir) {root} does not exist and {why}; create it and put "
                         f"{', '.join(source.files)} in {root / source.folder}, or fix the path")
+
+
+def _refuse_dataset_folder(root: Path, source: Source) -> None:
+    """A ``--data-dir`` that is the dataset's own folder (it holds the files, or bears the folder's name and
+    lacks a folder of that name inside) is a data root given one level too deep: say so, name its parent."""
+    if (root / source.folder).is_dir():
+        return
+    if root.name == source.folder or _find_files(root, source) is not None:
+        raise UserError(f"--data-dir (data.data_dir) {root} is the {source.folder}/ folder itself; point it at "
+                        f"its parent, {root.parent}, the data root that holds {source.folder}/")
 
 
 def _find_files(folder: Path, source: Source) -> dict[str, Path] | None:
@@ -145,16 +162,14 @@ def read_manifest(path: Path) -> dict[str, str]:
     A manifest that is not a UTF-8 text file (a folder, binary data) is refused rather than skipped, as
     it would otherwise silently check nothing.
     """
+    raw = read_small_file(path, f"checksum manifest {path}", LONG_TEXT_LIMIT)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
         if "\0" in text:
             raise UnicodeError("a NUL byte")
     except UnicodeError:
         raise UserError(f"checksum manifest {path} is not a text file; it must hold lines '<sha256>  <file>' as "
                         "sha256sum writes them (or be deleted)") from None
-    except OSError as exc:
-        raise UserError(f"checksum manifest {path} cannot be read ({_why(exc)}); it must be a text file as "
-                        "sha256sum writes it") from None
     entries = {}
     for line in text.splitlines():
         parts = line.strip().split(maxsplit=1)
@@ -188,7 +203,10 @@ def _checksum(path: Path) -> str:
 def fetch(source: Source, root: Path) -> None:
     """Download, verify and unpack ``source`` into ``root / source.folder``."""
     folder = root / source.folder
-    created = not folder.exists()
+    created, missing = [], folder  # the folders this download makes, deepest first: a failure leaves none behind
+    while not missing.exists():
+        created.append(missing)
+        missing = missing.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -196,14 +214,16 @@ def fetch(source: Source, root: Path) -> None:
                         "SELFDISTILL_DATA at a writable folder") from None
     try:
         for item in source.downloads:
-            _fetch_one(item, folder, root)
+            _fetch_one(item, folder, root, source.files)
     except UserError:
-        if created and not any(folder.iterdir()):
-            folder.rmdir()  # leave no empty folder behind
+        for made in created:
+            if any(made.iterdir()):
+                break
+            made.rmdir()
         raise
 
 
-def _fetch_one(item: Download, folder: Path, root: Path) -> None:
+def _fetch_one(item: Download, folder: Path, root: Path, files: tuple[str, ...]) -> None:
     """Download one file, check its SHA-256, then move or unpack it into place.
 
     The download goes to a fresh ``mkstemp`` file in ``folder`` (a random name, created exclusively,
@@ -216,7 +236,7 @@ def _fetch_one(item: Download, folder: Path, root: Path) -> None:
         raise UserError(f"cannot write into {folder} ({_why(exc)}); point --data-dir or SELFDISTILL_DATA at a "
                         "writable folder") from None
     try:
-        actual = _download(item.url, fd, folder)
+        actual = _download(item.url, fd, folder, files)
         if actual != item.sha256:
             raise UserError(f"checksum mismatch for {item.url}: got sha256 {actual}, expected {item.sha256}; "
                             "nothing was kept")
@@ -232,7 +252,7 @@ def _fetch_one(item: Download, folder: Path, root: Path) -> None:
         Path(partial).unlink(missing_ok=True)
 
 
-def _download(url: str, fd: int, folder: Path) -> str:
+def _download(url: str, fd: int, folder: Path, files: tuple[str, ...]) -> str:
     """Stream ``url`` into the open file ``fd`` (closed here) and return the SHA-256 of what was written."""
     digest = hashlib.sha256()
     try:
@@ -245,8 +265,8 @@ def _download(url: str, fd: int, folder: Path) -> str:
             os.fsync(out.fileno())
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UserError(f"could not download {url} ({one_line(reason)}); put the files in {folder} instead, "
-                        "or point --data-dir / SELFDISTILL_DATA at a folder that has them") from None
+        raise UserError(f"could not download {url} ({one_line(reason)}); put {', '.join(files)} in {folder} "
+                        "instead, or point --data-dir / SELFDISTILL_DATA at a data root that has them") from None
     return digest.hexdigest()
 
 

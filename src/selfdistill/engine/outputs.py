@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .. import __version__, fileio
 from ..config import differences, read_yaml_file
 from ..distributed import (
     gather_objects,
@@ -255,8 +255,8 @@ class RunOutputs:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(fileio.read_small_file(path, str(path)).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} cannot be read ({type(exc).__name__}); delete it and --resume rebuilds it") from None
 
 

@@ -17,10 +17,26 @@ as the final epoch even where ``train.eval_every`` would have skipped it.
 
 from __future__ import annotations
 
-from ..config import RESUMABLE_FIELDS, Config, differences
+from typing import Any
+
+from ..config import RESUMABLE_FIELDS, Config, ScheduleConfig, differences
 from ..errors import UserError
+from ..methods import build_method
 
 EPOCH_INDEPENDENT_SCHEDULES = ("multistep", "constant")
+
+
+def can_extend(saved: dict[str, Any]) -> bool:
+    """Whether a finished run whose ``config.yaml`` holds ``saved`` could be extended with ``--resume
+    --epochs N`` (see the module docstring); False where the file does not say."""
+    schedule, method = saved.get("schedule"), saved.get("method")
+    name = schedule.get("name", ScheduleConfig.name) if isinstance(schedule, dict) else None
+    if name not in EPOCH_INDEPENDENT_SCHEDULES or not isinstance(method, dict):
+        return False
+    try:
+        return not build_method(method).uses_total_epochs
+    except (UserError, KeyError, TypeError):
+        return False
 
 
 def check_resume(saved: Config, now: Config, epochs_done: int, method_uses_total_epochs: bool) -> None:

@@ -42,6 +42,7 @@ import torch
 from .. import fileio
 from ..config import read_yaml_file
 from ..errors import OutputError, UserError
+from .resume import can_extend
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
@@ -161,13 +162,22 @@ class RunDir:
         if DIVERGED in names:
             return names
         if METRICS in names:
-            raise UserError(f"--out {self.path} already holds a finished run; choose a new --out (or extend the run "
-                            "with selfdistill train --resume --epochs N)")
+            raise UserError(f"--out {self.path} already holds a finished run; choose a new --out{self._extension()}")
         progress = [n for n in names if n in (CHECKPOINT, MODEL, MODEL_CARD) or NETWORK_FILE.match(n)]
         if progress:
             raise UserError(f"--out {self.path} already holds an unfinished run ({progress[0]}); continue it with "
                             "selfdistill train --resume, or choose a new --out")
         return names
+
+    def _extension(self) -> str:
+        """The ``--resume --epochs N`` hint for a finished run, only where it would be accepted."""
+        try:
+            saved = read_yaml_file(self.path / CONFIG, CONFIG)
+        except UserError:
+            return ""
+        if not can_extend(saved):
+            return ""
+        return f" (or extend the run: selfdistill train --out {self.path} --resume --epochs N)"
 
     def clear_for_fresh_run(self) -> str:
         """Remove a no-progress run's leftovers, or move a diverged run into ``diverged-N/``; return a note
@@ -302,7 +312,7 @@ def resume_point(out: Path, mmap: bool = False) -> tuple[dict[str, Any], dict[st
         raise UserError(f"--resume: {out} holds {finals[0]} but no {CHECKPOINT} to continue from; to train this "
                         "run again, choose a new --out")
     saved = out / CONFIG
-    if not saved.is_file():
+    if not saved.exists():
         raise UserError(f"--resume: nothing to resume in {out} (no {CONFIG})")
     return read_yaml_file(saved, str(saved)), None
 
@@ -311,13 +321,14 @@ def load_checkpoint(out: Path, mmap: bool = False) -> dict[str, Any] | None:
     """The checkpoint in ``out``, checked; None if there is none. One that cannot be read, or that lacks
     or mistypes anything a resume needs, is a ``UserError`` naming the first problem."""
     path = out / CHECKPOINT
-    if not path.is_file():
+    if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:  # a truncated or foreign file: say so in one line
-        raise UserError(f"{path} cannot be loaded as a checkpoint ({type(exc).__name__}); it is damaged or not "
-                        "selfdistill's: move it away to start afresh") from None
+    with fileio.open_regular(path, str(path)) as handle:  # a FIFO or device there is refused, not read
+        try:  # mmap maps the file by its name (the open handle has shown it a regular file)
+            state = torch.load(path if mmap else handle, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as exc:  # a truncated or foreign file: say so in one line
+            raise UserError(f"{path} cannot be loaded as a checkpoint ({type(exc).__name__}); it is damaged or not "
+                            "selfdistill's: move it away to start afresh") from None
     problem = checkpoint_problem(state)
     if problem:
         raise UserError(f"{path} is damaged or not a selfdistill checkpoint of version {CHECKPOINT_VERSION}: "

@@ -5,11 +5,17 @@ runs/`` shows each run under its folder's name).
 (``pip install 'selfdistill[tensorboard]'``), ``true`` requires it, ``false`` never writes them.
 A resumed run discards, at read time, the points a killed attempt wrote after its last checkpoint
 (``purge_step``), so the curves show each epoch once.
+
+TensorBoard's writer opens its event file by name at every flush (truncating it at the first), following
+any symlink there, and names it by the second, the host name and the process id: a name that can be
+guessed and a link planted at it in advance. So each writer's file name ends in a random suffix
+(``events.out.tfevents.<time>.<host>.<pid>.<n>.<random>``, which TensorBoard reads like any event file).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,8 @@ class TensorBoardLog:
 
         self.folder = folder
         try:
-            self.writer = SummaryWriter(log_dir=str(folder), purge_step=first_epoch + 1 if first_epoch else None)
+            self.writer = SummaryWriter(log_dir=str(folder), purge_step=first_epoch + 1 if first_epoch else None,
+                                        filename_suffix=f".{secrets.token_hex(8)}")
         except OSError as exc:
             raise OutputError(f"could not write TensorBoard files in {folder}: {exc.strerror or exc}") from None
 

@@ -169,19 +169,26 @@ class Trainer(RunAssembly, EpochLoop, RunOutputs):
         teachers = "".join(f" | {t.role} {src.model} ({src.path})"
                            for t, src in zip(self.teachers, self.teacher_sources))
         processes = f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
+        notes = "".join(f" | {n}" for n in [note, *self.method.notes(cfg.train.epochs)] if n)
         self.progress.say(
-            f"selfdistill: {verb} | {self.method.name} on {cfg.data.dataset} with {cfg.model.name} "
-            f"({count_parameters(self.model):,} parameters){teachers} | {len(d.train_labels):,} train / "
-            f"{len(d.test_labels):,} {self.split} images | {self.steps} steps/epoch x {cfg.train.epochs} epochs | "
-            f"{self.device}{threads}{processes}" + (f" | {note}" if note else ""))
+            f"selfdistill: {verb} | {self.method.name} on {cfg.data.dataset} with {self._trained_networks()}"
+            f"{teachers} | {len(d.train_labels):,} train / {len(d.test_labels):,} {self.split} images | "
+            f"{self.steps} steps/epoch x {cfg.train.epochs} epochs | "
+            f"{self.device}{threads}{processes}{notes}")
+
+    def _trained_networks(self) -> str:
+        """What the start line says is trained: the student's architecture and size or, when the method trains
+        several networks (DML's peers, an online teacher), every one of them with its role, so that a run
+        training three networks does not read as one."""
+        sizes = [f"{net.arch} ({count_parameters(net.model):,} parameters)" for net in self.nets]
+        if len(sizes) == 1:
+            return sizes[0]
+        return " + ".join(f"{net.role} {size}" for net, size in zip(self.nets, sizes))
 
 
 def train(config: Config, out: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Train as ``config`` says; write the run directory to ``out`` (if given); return the metrics."""
     return Trainer(config, out, resume).fit()
-
-
-__all__ = ["Interrupted", "Trainer", "train"]
 
 
 __all__ = ["Interrupted", "Trainer", "train"]

@@ -64,6 +64,30 @@ def _members(name: str) -> list[type[Method]]:
     return [METHODS[p] for p in parts]
 
 
+def method_needs(name: str) -> str:
+    """What method ``name`` (a combination too) asks of a run, from its members' declarations: "teacher-free",
+    or how many frozen teachers it needs and how many networks it trains (``teachers_needed``, ``networks_added``)."""
+    needs = [need for cls in _members(name) for need in _needs(cls)]
+    return "; ".join(dict.fromkeys(needs)) or "teacher-free"
+
+
+def _needs(cls: type[Method]) -> list[str]:
+    needs = []
+    if cls.teachers_needed == (1, 1):
+        needs.append("needs a teacher")
+    elif cls.teachers_needed != (0, 0):
+        needs.append(f"needs {_count(*cls.teachers_needed)} teachers")
+    if cls.networks_added != (0, 0):
+        fewest, most = cls.networks_added  # besides the student
+        needs.append(f"trains {_count(fewest + 1, None if most is None else most + 1)} networks (online)")
+    return needs
+
+
+def _count(fewest: int, most: int | None) -> str:
+    """``2``, ``2+`` (no upper bound) or ``2-3``."""
+    return f"{fewest}+" if most is None else str(fewest) if fewest == most else f"{fewest}-{most}"
+
+
 def _options(cls: type[Method], values: dict[str, Any], where: str) -> Any:
     options = build_dataclass(cls.Options, values, where)
     options.check()
@@ -125,4 +149,5 @@ def build_method(config: dict[str, Any]) -> MethodStack:
 
 
 __all__ = ["ALIASES", "Batch", "CrossEntropy", "DLB", "DLBOptions", "METHODS", "Method", "MethodStack", "Outputs",
-           "SetupContext", "build_method", "check_method_fits", "method_names", "method_options", "resolve_method"]
+           "SetupContext", "build_method", "check_method_fits", "method_names", "method_needs", "method_options",
+           "resolve_method"]

@@ -25,9 +25,10 @@ their logits and the taps the method asks for (:meth:`Method.teacher_taps`) as `
 
 Several trainable networks (online distillation): a method may add trainable networks besides the
 student (:meth:`Method.networks`, each a :class:`NetworkSpec` with a role such as ``peer1``,
-``teacher`` or ``branch``). The engine builds each one (seeded by role), gives it its own optimiser and
-schedule (``optim``/``schedule``, overridable per role under ``roles.<role>``), forwards it once per
-step on the same augmented rows, and hands its outputs, *with* gradient, to the method as
+``teacher`` or ``branch``; it declares how many in ``networks_added``, which ``selfdistill methods``
+shows). The engine builds each one (seeded by role), gives it its own optimiser and schedule
+(``optim``/``schedule``, overridable per role under ``roles.<role>``), forwards it once per step on
+the same augmented rows, and hands its outputs, *with* gradient, to the method as
 ``out.others[role]``. A loss term belongs to the network its name starts with (``peer1_ce``,
 ``teacher_switokd_kl``); every other term belongs to the student. A target taken from another
 network must be detached (``.detach()``): the engine runs one backward of the summed terms, and only
@@ -244,6 +245,7 @@ class Method:
     min_batch_size: ClassVar[int] = 1
     uses_total_epochs: ClassVar[bool] = False  # True: what it does depends on train.epochs (no extension on resume)
     teachers_needed: ClassVar[tuple[int, int | None]] = (0, 0)  # fewest and most frozen teachers (None: any)
+    networks_added: ClassVar[tuple[int, int | None]] = (0, 0)  # fewest and most networks networks() adds (None: any)
     replicable: ClassVar[bool] = False  # True: reads only its own network's outputs; runs once per trainable network
     stat_names: ClassVar[tuple[str, ...]] = ()  # per-step statistics (not losses) logged as epoch means
 
@@ -292,6 +294,11 @@ class Method:
 
     def start_epoch(self, epoch: int) -> None:
         """Called before each training epoch (0-based)."""
+
+    def notes(self, epochs: int) -> list[str]:
+        """What the start line should say about this method in a run of ``epochs`` epochs: a setting that
+        the run's length makes act otherwise than its name suggests (a warm-up longer than the run)."""
+        return []
 
     def extend(self, batch: Batch) -> Batch:
         return batch

@@ -88,6 +88,7 @@ class BDKD(Method):
     name = "bd_kd"
     summary = "BD-KD (arXiv 2212.12965): online teacher; the student's forward/reverse KL balanced by entropy gap"
     Options = BDKDOptions
+    networks_added = (1, 1)  # the online teacher
     term_names = ("bd_kd_kl", f"{TEACHER}_bd_kd_kl")
     stat_names = ("bd_kd_forward_weight",)
 

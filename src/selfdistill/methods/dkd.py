@@ -66,6 +66,14 @@ class DKD(Method):
     def start_epoch(self, epoch: int) -> None:
         self.weight = warmup_weight(epoch + 1, self.options.warmup_epochs)
 
+    def notes(self, epochs: int) -> list[str]:
+        warmup = self.options.warmup_epochs
+        if warmup <= epochs:
+            return []
+        return [f"dkd's warm-up of {warmup} epochs is longer than the run's {epochs}: its KD terms reach only "
+                f"{epochs}/{warmup} of their weight (mdistiller's 20 are of 240 epochs; scale method.warmup_epochs "
+                "to the run)"]
+
     def losses(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         o = self.options
         rows = batch.supervised_rows()

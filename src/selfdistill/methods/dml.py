@@ -76,6 +76,7 @@ class DML(Method):
     name = "dml"
     summary = "Deep Mutual Learning (CVPR 2018): a cohort trained from scratch, each mimicking the others"
     Options = DMLOptions
+    networks_added = (1, None)  # the peers: one by default, one per entry of method.peers
 
     def __init__(self, options: DMLOptions | None = None) -> None:
         super().__init__(options)

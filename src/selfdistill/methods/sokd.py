@@ -91,6 +91,7 @@ class SOKD(Method):
     Options = SOKDOptions
     term_names = ("sokd_kl", "branch_sokd_teacher_kl", "branch_sokd_student_kl")
     teachers_needed = (1, 1)
+    networks_added = (1, 1)  # the branch
 
     def networks(self, ctx: SetupContext) -> list[NetworkSpec]:
         arch, (channels, size, _) = ctx.teacher_names[0], ctx.input_shape

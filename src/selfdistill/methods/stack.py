@@ -136,6 +136,9 @@ class MethodStack(Method):
         for m in self._all():
             m.start_epoch(epoch)
 
+    def notes(self, epochs: int) -> list[str]:
+        return [note for m in self.members for note in m.notes(epochs)]
+
     def extend(self, batch: Batch) -> Batch:
         for m in self.members:
             batch = m.extend(batch)

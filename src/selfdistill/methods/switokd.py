@@ -81,6 +81,7 @@ class SwitOKD(Method):
     name = "switokd"
     summary = "Switchable Online KD (ECCV 2022): an online teacher that pauses when it runs too far ahead"
     Options = SwitOKDOptions
+    networks_added = (1, 1)  # the online teacher
     term_names = ("switokd_kl", f"{TEACHER}_switokd_kl")
     stat_names = ("switokd_expert",)
 

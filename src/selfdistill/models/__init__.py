@@ -68,6 +68,36 @@ ALIASES = {"wrn_16_1": "wrn16_1", "wrn_16_2": "wrn16_2", "wrn_40_1": "wrn40_1", 
            "resnet50_cifar": "ResNet50", "mobilenetv2_x0_5": "MobileNetV2", "shufflenetv1": "ShuffleV1",
            "shufflenetv2": "ShuffleV2"}
 MODELS.update({alias: MODELS[name] for alias, name in ALIASES.items()})
+REPDISTILLER_WRNS = ((16, 1), (16, 2), (40, 1), (40, 2))
+# What each of our names is and where it comes from, in a few words for `selfdistill models` (the modules say more):
+# the same name can mean different networks in the DLB code and in RepDistiller's benchmark.
+NOTES = {
+    "mlp": "MLP on the flattened image; Hinton et al. (2015)'s MNIST teacher and student through its options",
+    "cnn": "three conv-BN-ReLU stages and a linear layer (94k parameters at width 32), fast on a CPU",
+    **{f"resnet{d}": f"He et al.'s CIFAR ResNet-{d} (16/32/64 channels, 1x1-conv shortcuts), RepDistiller's "
+                     f"resnet{d}" for d in (8, 14, 20, 32, 44, 56)},
+    "resnet110": "He et al.'s CIFAR ResNet-110 (BasicBlocks), RepDistiller's resnet110; the DLB code's is a "
+                 "bottleneck network",
+    **{f"resnet{d}x4": f"CIFAR ResNet-{d} with 4x the channels (64/128/256), RepDistiller's resnet{d}x4"
+       for d in (8, 32)},
+    "resnet18": "ResNet-18 for 32x32 images (3x3 stem, no max-pool), RepDistiller's ResNet18",
+    "ResNet50": "ResNet-50 for 32x32 images (bottlenecks, 3x3 stem, no max-pool), RepDistiller's ResNet50",
+    **{f"vgg{d}": f"DLB's VGG-{d}: bias-free convolutions with BN, a 512-512 ReLU classifier without BN or dropout; "
+                  "inputs of at least 32x32" for d in (16, 19)},
+    **{f"vgg{d}": f"RepDistiller's vgg{d} (vgg{d}_bn): convolutions with bias and BN, global pooling, one linear layer"
+       for d in (8, 11, 13)},
+    **{f"vgg{d}_bn": f"RepDistiller's vgg{d} (not DLB's vgg{d}): convolutions with bias and BN, global pooling, one "
+                     "linear layer" for d in (16, 19)},
+    **{f"wrn{d}_{k}": f"Wide ResNet WRN-{d}-{k} (Zagoruyko & Komodakis 2016, pre-activation)" + (
+        f", RepDistiller's wrn_{d}_{k}" if (d, k) in REPDISTILLER_WRNS else "")
+       for d, k in ((16, 1), (16, 2), (16, 4), (16, 8), (28, 10), (40, 1), (40, 2))},
+    **{f"densenet{d}_k{k}": f"DenseNet-BC-{d} with growth rate {k} (Huang et al. 2017), as in the DLB code"
+       for d, k in ((40, 12), (100, 12), (100, 40), (190, 12))},
+    "MobileNetV2": "MobileNetV2 for 32x32 images at width 0.5, RepDistiller's MobileNetV2 (its mobile_half)",
+    "ShuffleV1": "ShuffleNet V1 (3 groups) for 32x32 images, RepDistiller's ShuffleV1",
+    "ShuffleV2": "ShuffleNet V2 1x for 32x32 images, RepDistiller's ShuffleV2",
+}
+NOTES["wrn16_8"] += "; the DLB recipes' stand-in for the DLB code's wide_resnet20_8, a bottleneck ResNet"
 
 
 # The architectures that train faster in channels_last (NHWC) than in NCHW on a CPU, so ``train.channels_last:
@@ -133,9 +163,15 @@ def is_model_name(name: Any) -> bool:
     return True
 
 
-def _options(builder: Builder, name: str, options: Any, where: str, name_where: str) -> dict[str, Any]:
+def _options_class(builder: Builder) -> type | None:
+    """The builder's options dataclass; None where its options are keyword arguments (a user's factory)."""
     cls = getattr(builder, "Options", NoOptions if builder in OURS else None)
-    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+    return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else None
+
+
+def _options(builder: Builder, name: str, options: Any, where: str, name_where: str) -> dict[str, Any]:
+    cls = _options_class(builder)
+    if cls is not None:
         return check_dataclass_options(cls, options, name, where)
     return check_keyword_options(builder, options, f"{name_where} {name!r}", where)
 
@@ -147,6 +183,22 @@ def resolve_model_options(name: str, options: dict[str, Any] | None = None, wher
     A wrong key or value is a one-line ``UserError`` naming ``where.<key>`` (``teachers[0].options.hidden``
     for a teacher); an unknown ``name`` one naming ``name_where``."""
     return _options(_builder(name, name_where), name, options, where, name_where)
+
+
+def model_note(name: str) -> str:
+    """What architecture ``name`` (one of :func:`model_names`) is and where it comes from, in a few words."""
+    if name in ALIASES:
+        return model_note(ALIASES[name])
+    if name in NOTES:
+        return NOTES[name]
+    return "registered with register_model" if name in MODELS else "entry point"
+
+
+def default_model_options(name: str) -> dict[str, Any] | None:
+    """Every option of architecture ``name`` (one of :func:`model_names`) at its default; None where its options
+    are a factory's keyword arguments, whose defaults only the factory knows (an entry point is not imported)."""
+    builder = MODELS.get(name)
+    return None if builder is None or _options_class(builder) is None else resolve_model_options(name)
 
 
 def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
@@ -183,6 +235,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["ALIASES", "CPU_CHANNELS_LAST", "FeatureTaps", "MODELS", "build_model", "check_model_name",
-           "count_parameters", "faster_in_channels_last_on_cpu", "is_model_name", "model_names",
-           "refresh_entry_points", "register_model", "resolve_model_options", "tap_names"]
+__all__ = ["ALIASES", "CPU_CHANNELS_LAST", "FeatureTaps", "MODELS", "NOTES", "build_model", "check_model_name",
+           "count_parameters", "default_model_options", "faster_in_channels_last_on_cpu", "is_model_name",
+           "model_names", "model_note", "refresh_entry_points", "register_model", "resolve_model_options",
+           "tap_names"]

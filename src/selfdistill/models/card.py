@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import UserError, one_line
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, open_regular, read_small_file
 
 FORMAT = "selfdistill-model"
 VERSION = 1
@@ -65,9 +65,9 @@ def card_path(model_path: Path) -> Path:
 
 
 def weights_sha256(model_path: Path) -> str:
-    """SHA-256 of the weights file's bytes, as hex."""
+    """SHA-256 of the weights file's bytes, as hex (a file that is not a regular one is a ``UserError``)."""
     digest = hashlib.sha256()
-    with Path(model_path).open("rb") as handle:
+    with open_regular(model_path, str(model_path)) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -105,12 +105,9 @@ def read_model_card(model_path: Path) -> ModelCard:
 
 
 def _read_json(path: Path) -> Any:
-    if path.is_dir():
-        raise UserError(f"{path} is a directory, not a model card")
+    raw = read_small_file(path, f"the model card {path}")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the model card ({exc.strerror or one_line(exc)})") from None
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a model card (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:

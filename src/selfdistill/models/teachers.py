@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError, did_you_mean, one_line
+from ..fileio import open_regular
 from . import build_model, check_model_name, model_names, resolve_model_options
 from .card import ModelCard, card_path, read_model_card, weights_sha256
 from .foreign import check_state_fits, is_foreign_checkpoint, to_our_keys
@@ -150,15 +151,23 @@ class DataShape:
 
 
 def _load(path: Path, where: str) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or a pickle that would run code
-        why = one_line(exc)
-        if "global" in why.lower():  # weights_only met a class or function; torch names other faults too
-            raise UserError(f"{where}: {path} holds Python objects beyond tensors, which could run code when "
-                            "loaded; refused (weights_only). Save its state_dict instead") from None
-        why = why or ("the file ends early" if isinstance(exc, EOFError) else "no detail")
-        raise UserError(f"{where}: {path} is not a readable checkpoint ({type(exc).__name__}: {why[:120]})") from None
+    """The objects in a weights file, read with ``weights_only``; a FIFO or device there is refused before
+    it is read (it would block, or never end, while the run directory is locked)."""
+    with open_regular(path, f"{where}: {path}") as handle:
+        try:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, not a torch file, or a pickle that would run code
+            raise _unloadable(exc, path, where) from None
+
+
+def _unloadable(exc: Exception, path: Path, where: str) -> UserError:
+    """The one line saying why ``torch.load`` failed on ``path``."""
+    why = one_line(exc)
+    if "global" in why.lower():  # weights_only met a class or function; torch names other faults too
+        return UserError(f"{where}: {path} holds Python objects beyond tensors, which could run code when loaded; "
+                         "refused (weights_only). Save its state_dict instead")
+    why = why or ("the file ends early" if isinstance(exc, EOFError) else "no detail")
+    return UserError(f"{where}: {path} is not a readable checkpoint ({type(exc).__name__}: {why[:120]})")
 
 
 def _is_state(obj: Any) -> bool:
