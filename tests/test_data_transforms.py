@@ -114,6 +114,7 @@ def test_image_folder_generic_and_tiny_imagenet_layouts(tmp_path, monkeypatch):
     from PIL import Image
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SELFDISTILL_NO_CACHE")  # conftest turns the decode cache off; this test reads it
     colours = {"cat": (255, 0, 0), "dog": (0, 0, 255)}
     for split in ("train", "val"):
         for name, colour in colours.items():

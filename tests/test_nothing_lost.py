@@ -234,7 +234,7 @@ def test_a_finished_run_extends_to_the_run_it_would_have_been(reference, tmp_pat
 
 
 @pytest.mark.parametrize("change, why", [
-    (["--set", "schedule.name=cosine"], "schedule cosine depends on train.epochs"),
+    (["--set", "schedule.name=cosine", "--set", "schedule.milestones=[]"], "schedule cosine depends on train.epochs"),
     (["--method", "ps_kd"], "method ps_kd depends on train.epochs"),
 ])
 def test_extending_is_refused_where_the_epochs_done_would_differ(tmp_path, capsys, change, why):
