@@ -502,3 +502,15 @@ def test_a_published_teacher_file_without_its_architecture_or_of_another_is_one_
         code, _, err = cli_main(capsys, "train", *base, "--teacher", teacher, "--out", str(tmp_path / "x"))
         assert code == 2 and len(err) == 1 and expected in err[0], err
         assert not (tmp_path / "x").exists()
+
+
+def test_a_missing_published_teacher_says_where_those_come_from_and_what_the_path_is_relative_to(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    published = "cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth:resnet32x4"
+    code, _, err = cli_main(capsys, "train", "--method", "kd", "--teacher", published, "--out", "run")
+    assert code == 2 and len(err) == 1
+    assert "cifar_teachers.tar" in err[0] and f"relative to the working directory, {tmp_path}" in err[0]
+    assert not (tmp_path / "run").exists()
+    code, _, err = cli_main(capsys, "train", "--method", "kd", "--teacher", str(tmp_path / "mine.pt:cnn"))
+    assert code == 2 and "does not exist" in err[0] and "cifar_teachers.tar" not in err[0]

@@ -175,10 +175,24 @@ def _is_state(obj: Any) -> bool:
                                                        for k, v in obj.items())
 
 
+PUBLISHED = "cifar_teachers"  # the folder that mdistiller's released CIFAR-100 teachers unpack into
+
+
+def _published_hint(path: Path) -> str:
+    """Where a missing published CIFAR-100 teacher comes from, and what its relative path is relative to."""
+    if PUBLISHED not in path.parts:
+        return ""
+    where = "" if path.is_absolute() else f"; the path is relative to the working directory, {Path.cwd()}"
+    return (f"; the published CIFAR-100 teachers are mdistiller's cifar_teachers.tar (its release 'checkpoints'; "
+            f"RepDistiller's scripts/fetch_pretrained_teachers.sh fetches the same files into save/models/), "
+            f"unpacked so that {PUBLISHED}/<teacher>/ckpt_epoch_240.pth exists{where}")
+
+
 def _weights_file(spec: TeacherSpec, where: str) -> Path:
     path = Path(spec.path)
     if not _exists(path):
-        raise UserError(f"{where}: {spec.path} does not exist (expected a run directory or a weights file)")
+        raise UserError(f"{where}: {spec.path} does not exist (expected a run directory or a weights file)"
+                        + _published_hint(path))
     if not path.is_dir():
         return path
     weights = path / "model.pt"
