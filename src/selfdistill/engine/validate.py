@@ -17,7 +17,7 @@ from ..config import Config, build_config
 from ..data import check_dataset_name
 from ..errors import UserError
 from ..methods import check_method_fits, resolve_method
-from ..models import check_model_name, resolve_model_options
+from ..models import resolve_model_options
 from ..models.teachers import parse_teacher
 
 
@@ -28,8 +28,7 @@ def resolve(layers: list[dict[str, Any]]) -> Config:
     config.method = resolve_method(config.method)
     config.teachers = [parse_teacher(entry, f"teachers[{k}]").to_dict() for k, entry in enumerate(config.teachers)]
     check_dataset_name(config.data.dataset)
-    check_model_name(config.model.name)
-    config.model.options = resolve_model_options(config.model.name, config.model.options)
+    config.model.options = resolve_model_options(config.model.name, config.model.options)  # checks the name too
     check_method_fits(config.method, len(config.teachers), config.data.batch_size)
     return config
 
