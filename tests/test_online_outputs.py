@@ -111,6 +111,26 @@ def test_a_roles_weights_file_teaches_with_the_architecture_of_its_card(runs, tm
     assert metrics["teacher_test_nll"] == pytest.approx(online[f"{role}_test_nll"], rel=1e-5)
 
 
+# ----------------------------------------------------------------------------- TensorBoard
+def test_tensorboard_holds_each_networks_and_the_ensembles_figures_and_each_pairs_fidelity(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, metrics = runs["dml-s0"]
+    events = EventAccumulator(str(run))
+    events.Reload()
+
+    def value(tag):
+        (point,) = events.Scalars(tag)  # one epoch
+        return point.value
+
+    for role in ("peer1", "ensemble"):
+        for metric in ("top1", "nll", "ece"):
+            assert value(f"{role}/test/{metric}") == pytest.approx(metrics[f"{role}_test_{metric}"], rel=1e-6)
+    for metric in ("agreement", "kl"):  # KL(peer1 || student)
+        assert value(f"pairs/test/{metric}_peer1_student") == pytest.approx(metrics[f"test_{metric}_peer1_student"],
+                                                                             rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- report
 def copy_runs(runs, root, names):
     for name in names:
