@@ -255,6 +255,24 @@ def test_tensorboard_events_hold_every_epoch(tmp_path, capsys):
     assert {"lr", "loss/ce", "train/top1", "test/nll", "test/ece", "speed/images_per_s"} <= tags
 
 
+def test_tensorboard_holds_the_students_fidelity_to_its_teacher_and_the_teachers_figures(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert cli_main(capsys, "train", *SYNTH, "--epochs", "1", "--out", str(tmp_path / "teacher"))[0] == 0
+    assert cli_main(capsys, "train", *SYNTH, "--method", "kd", "--teacher", str(tmp_path / "teacher"), "--out",
+                    str(tmp_path / "kd"))[0] == 0
+    events = EventAccumulator(str(tmp_path / "kd"))
+    events.Reload()
+    metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
+    figures = ("top1", "nll", "ece", "nontarget_entropy")
+    for tag, key in [("fidelity/test/agreement", "test_agreement"), ("fidelity/test/teacher_kl", "test_teacher_kl"),
+                     *((f"teacher/test/{m}", f"teacher_test_{m}") for m in figures)]:
+        points = events.Scalars(tag)
+        assert [p.step for p in points] == [1, 2] and points[-1].value == pytest.approx(metrics[key], rel=1e-6)
+    teacher = json.loads((tmp_path / "teacher" / "metrics.json").read_text())
+    assert [p.value for p in events.Scalars("teacher/test/top1")] == pytest.approx([teacher["test_top1"]] * 2)
+
+
 def test_tensorboard_true_without_the_package_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(tensorboard, "available", lambda: False)
     code, _, err = cli_main(capsys, "train", *SYNTH, "--out", str(tmp_path / "run"), "--set", "train.tensorboard=true")

@@ -1,6 +1,7 @@
 """What an online run leaves behind, read back: ``eval --role`` evaluates any of its networks, a network's
-``<role>.pt`` teaches without an architecture (its card says it), and ``report`` shows the other networks'
-top-1 and the ensemble's. Real runs: MLP students on 96 synthetic images, one epoch each."""
+``<role>.pt`` teaches without an architecture (its card says it), TensorBoard holds each network's figures,
+and ``report`` shows the other networks' top-1 and the ensemble's and draws their curves. Real runs: MLP
+students on 96 synthetic images, one epoch each."""
 
 import json
 import shutil
@@ -10,7 +11,8 @@ import pytest
 
 from conftest import SMALL_SYNTHETIC, cli_main, small_config
 from selfdistill.analysis.evaluation import evaluate_saved_model, format_eval
-from selfdistill.analysis.report import build_report, find_runs, markdown_table, summarize
+from selfdistill.analysis.report import build_report, find_runs, group_runs, markdown_table, summarize
+from selfdistill.analysis.report_plots import curves_figure
 from selfdistill.engine import train
 from selfdistill.errors import UserError
 
@@ -111,6 +113,26 @@ def test_a_roles_weights_file_teaches_with_the_architecture_of_its_card(runs, tm
     assert metrics["teacher_test_nll"] == pytest.approx(online[f"{role}_test_nll"], rel=1e-5)
 
 
+# ----------------------------------------------------------------------------- TensorBoard
+def test_tensorboard_holds_each_networks_and_the_ensembles_figures_and_each_pairs_fidelity(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, metrics = runs["dml-s0"]
+    events = EventAccumulator(str(run))
+    events.Reload()
+
+    def value(tag):
+        (point,) = events.Scalars(tag)  # one epoch
+        return point.value
+
+    for role in ("peer1", "ensemble"):
+        for metric in ("top1", "nll", "ece"):
+            assert value(f"{role}/test/{metric}") == pytest.approx(metrics[f"{role}_test_{metric}"], rel=1e-6)
+    for metric in ("agreement", "kl"):  # KL(peer1 || student)
+        assert value(f"pairs/test/{metric}_peer1_student") == pytest.approx(metrics[f"test_{metric}_peer1_student"],
+                                                                             rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- report
 def copy_runs(runs, root, names):
     for name in names:
@@ -170,3 +192,23 @@ def test_report_refuses_a_damaged_record_of_the_networks(runs, tmp_path, change,
     change(metrics)
     path.write_text(json.dumps(metrics))
     user_error(match, find_runs, [root])
+
+
+def test_report_figure_draws_each_network_and_the_ensemble_in_the_groups_colour(runs, tmp_path):
+    root = copy_runs(runs, tmp_path / "r", ["dml-s0", "dml-s1", "switokd", "ce"])
+    fig = curves_figure(group_runs(find_runs([root])))
+    dml, sw = "dml (2 seeds)", "switokd (1 seed)"
+    assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == [
+        "ce (1 seed)", f"{dml} · student", f"{dml} · peer1", f"{dml} · ensemble", f"{sw} · student",
+        f"{sw} · teacher", f"{sw} · ensemble"]  # SwitOKD's teacher trains online: a curve, no reference line
+    for metric, ax in zip(("top1", "nll", "ece"), fig.axes):
+        drawn = {line.get_label(): line for line in ax.get_lines()}
+        for role in ("peer1", "ensemble"):
+            mean = statistics.fmean(runs[n][1][f"{role}_test_{metric}"] for n in ("dml-s0", "dml-s1"))
+            assert list(drawn[f"{dml} · {role}"].get_ydata()) == pytest.approx([mean], rel=1e-5)  # log.csv's digits
+        teacher = runs["switokd"][1][f"teacher_test_{metric}"]
+        assert list(drawn[f"{sw} · teacher"].get_ydata()) == pytest.approx([teacher], rel=1e-5)
+        assert {drawn[f"{dml} · {r}"].get_color() for r in ("student", "peer1", "ensemble")} == \
+            {drawn[f"{dml} · student"].get_color()}
+        assert [drawn[f"{dml} · {r}"].get_linestyle() for r in ("student", "peer1", "ensemble")] == ["-", "--", "-."]
+        assert len(ax.collections) == 1  # the one band: the DML student's std over its two seeds

@@ -10,14 +10,8 @@ import statistics
 import pytest
 
 from conftest import small_config
-from selfdistill.analysis.report import (
-    accuracy_curve,
-    build_report,
-    group_runs,
-    markdown_table,
-    pooled_reliability,
-    summarize,
-)
+from selfdistill.analysis.report import build_report, group_runs, markdown_table, summarize
+from selfdistill.analysis.report_plots import group_curve, pooled_reliability
 from selfdistill.analysis.runs import find_runs, load_run
 from selfdistill.config import parse_assignment
 from selfdistill.engine import resolve, train
@@ -188,7 +182,7 @@ def test_accuracy_curve_is_the_mean_and_std_over_seeds_per_epoch(tmp_path):
     make_run(tmp_path, "s1", seed=1, curve=(60.0, 90.0))
     make_run(tmp_path, "s1-again", seed=1, curve=(70.0, 90.0))  # averaged into seed 1 first: (65, 90)
     (group,) = group_runs(find_runs([tmp_path]))
-    curve = accuracy_curve(group)
+    curve = group_curve(group, "test_top1", group.label)
     assert curve.epochs == [1.0, 2.0] and curve.mean == [57.5, 85.0]
     assert curve.std == pytest.approx([statistics.stdev([50, 65]), statistics.stdev([80, 90])])
 
@@ -199,7 +193,7 @@ def test_unevaluated_epochs_are_left_out_of_the_curve(tmp_path):
     lines[1] = "1,0.05,0.5,70,,,,1000,1.0,2000"  # epoch 1 not evaluated
     (run / "log.csv").write_text("\n".join(lines) + "\n")
     (group,) = group_runs(find_runs([tmp_path]))
-    curve = accuracy_curve(group)
+    curve = group_curve(group, "test_top1", group.label)
     assert curve.epochs == [2.0] and curve.mean == [80.0] and curve.std is None
 
 

@@ -10,24 +10,46 @@ from __future__ import annotations
 import io
 import math
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write_bytes
 from .metrics import ece_from_reliability
 
-LEGEND_INSIDE = (4, 30)  # more curves or longer labels than this: the legend moves outside, to the right
+LEGEND_INSIDE = (4, 30)  # more entries or longer labels than this: the legend moves outside, to the right
+MARKERS = ("o", "s", "^", "D")  # beyond 20 colours, colours repeat with another marker
 
 
 @dataclass
 class Curve:
-    """One line: a value per epoch, with an optional ± band (the std over seeds)."""
+    """One line: a value per epoch, with an optional ± band (the std over seeds). ``colour`` indexes the
+    figure's palette (the lines of one group share it; None: the curve's position in its panel)."""
 
     label: str
     epochs: list[float]
     mean: list[float]
     std: list[float] | None = None
+    colour: int | None = None
+    style: Any = "-"  # a matplotlib line style: "-", "--", ":", "-." or a dash tuple
+
+
+@dataclass
+class Reference:
+    """A horizontal line at a fixed value, such as a frozen teacher's top-1, named in the legend."""
+
+    label: str
+    value: float
+    colour: int | None = None  # None: black
+
+
+@dataclass
+class Panel:
+    """One axes: its y label, its curves and its reference lines."""
+
+    ylabel: str
+    curves: list[Curve]
+    references: list[Reference] = field(default_factory=list)
 
 
 def _figure(width: float, height: float) -> Any:
@@ -50,45 +72,64 @@ def _colours(n: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def curve_panels(path: str | Path, panels: list[tuple[str, list[Curve]]], title: str) -> None:
-    """One axes per ``(y label, curves)`` side by side, x = epoch, one shared legend.
+def curve_figure(panels: list[Panel], title: str) -> Any:
+    """A matplotlib Figure: one axes per panel side by side, x = epoch, one legend for all of them (each
+    label once), on the last axes.
 
-    Beyond 20 curves colours repeat with another line style; with many curves or long labels the
-    legend goes outside, to the right, in a smaller font, so it never hides the lines."""
+    Beyond 20 colours they repeat with another marker; with many entries or long labels the legend goes
+    outside, to the right, in a smaller font, so it never hides the lines."""
     from matplotlib.ticker import MaxNLocator
 
-    curves = panels[0][1]
-    longest = max((len(c.label) for c in curves), default=0)
-    outside = len(curves) > LEGEND_INSIDE[0] or longest > LEGEND_INSIDE[1]
+    def colour_of(i: int, item: Curve | Reference) -> int:
+        return i if item.colour is None else item.colour
+
+    entries = {x.label for p in panels for x in (*p.curves, *p.references)}
+    longest = max(map(len, entries), default=0)
+    outside = len(entries) > LEGEND_INSIDE[0] or longest > LEGEND_INSIDE[1]
     width = 4.6 * len(panels) + (min(0.07 * longest, 5.0) + 0.5 if outside else 0.0)
     fig = _figure(width, 4.0)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    colours = _colours(len(curves))
-    for ax, (ylabel, panel_curves) in zip(axes, panels):
-        for i, curve in enumerate(panel_curves):
-            style = ("-", "--", ":", "-.")[(i // 20) % 4]
-            ax.plot(curve.epochs, curve.mean, style, color=colours[i], marker="o", markersize=3, label=curve.label)
+    palette = _colours(1 + max([colour_of(i, c) for p in panels for i, c in enumerate(p.curves)]
+                               + [r.colour for p in panels for r in p.references if r.colour is not None], default=0))
+    for ax, panel in zip(axes, panels):
+        for i, curve in enumerate(panel.curves):
+            c = colour_of(i, curve)
+            ax.plot(curve.epochs, curve.mean, linestyle=curve.style, color=palette[c], marker=MARKERS[(c // 20) % 4],
+                    markersize=3, label=curve.label)
             if curve.std is not None:
                 low = [m - s for m, s in zip(curve.mean, curve.std)]
                 high = [m + s for m, s in zip(curve.mean, curve.std)]
-                ax.fill_between(curve.epochs, low, high, color=colours[i], alpha=0.2, linewidth=0)
+                ax.fill_between(curve.epochs, low, high, color=palette[c], alpha=0.2, linewidth=0)
+        for ref in panel.references:
+            ax.axhline(ref.value, color="black" if ref.colour is None else palette[ref.colour],
+                       linestyle=(0, (1, 1.5)), linewidth=1.3, label=ref.label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
+    legend: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
     if outside:
-        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+        axes[-1].legend(legend.values(), legend.keys(), loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7,
+                        frameon=False)
     else:
-        axes[-1].legend(fontsize=8)
+        axes[-1].legend(legend.values(), legend.keys(), fontsize=8)
     fig.suptitle(title)
-    save_png(fig, path)
+    return fig
+
+
+def curve_panels(path: str | Path, panels: list[Panel], title: str) -> None:
+    """:func:`curve_figure`, written as a PNG to ``path``."""
+    save_png(curve_figure(panels, title), path)
 
 
 def draw_reliability(ax: Any, reliability: dict[str, Any], title: str, counts_ax: Any = None,
-                     legend: bool = True) -> None:
+                     legend: bool = True, note: str = "") -> None:
     """Per-bin accuracy bars and mean confidence against the diagonal of perfect calibration, ECE in
-    the title. With ``counts_ax`` the share of images per bin goes into that second panel; without it
-    the bars' shading says it (pale = few images)."""
+    the title (then ``note``, such as how the bins were pooled). With ``counts_ax`` the share of images per
+    bin goes into that second panel; without it the bars' shading says it (pale = few images)."""
     from matplotlib.colors import to_rgba
 
     bins, counts = reliability["bins"], reliability["count"]
@@ -107,7 +148,7 @@ def draw_reliability(ax: Any, reliability: dict[str, Any], title: str, counts_ax
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{title}\nECE {ece_from_reliability(reliability):.2f}%", fontsize=9)
+    ax.set_title(f"{title}\nECE {ece_from_reliability(reliability):.2f}%" + (f"\n{note}" if note else ""), fontsize=9)
     if legend:
         ax.legend(loc="upper left", fontsize=7)
     if counts_ax is None:
@@ -128,14 +169,30 @@ def reliability_figure(path: str | Path, reliability: dict[str, Any], title: str
     save_png(fig, path)
 
 
-def reliability_grid(path: str | Path, diagrams: list[tuple[str, dict[str, Any]]]) -> None:
-    """One shaded reliability diagram per ``(title, bins)``, up to four per row; the legend in the first."""
+@dataclass
+class Diagram:
+    """One diagram of a grid: its title, its bins and a note shown under its ECE."""
+
+    title: str
+    reliability: dict[str, Any]
+    note: str = ""
+
+
+def reliability_grid_figure(diagrams: list[Diagram]) -> Any:
+    """A matplotlib Figure: one shaded reliability diagram per :class:`Diagram`, up to four per row; the
+    legend in the first."""
     cols = min(4, len(diagrams))
     rows = math.ceil(len(diagrams) / cols)
     fig = _figure(3.4 * cols, 3.6 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for i, (ax, (title, reliability)) in enumerate(zip(axes, diagrams)):
-        draw_reliability(ax, reliability, textwrap.fill(title, 44), legend=i == 0)
+    for i, (ax, diagram) in enumerate(zip(axes, diagrams)):
+        draw_reliability(ax, diagram.reliability, textwrap.fill(diagram.title, 44), legend=i == 0,
+                         note=textwrap.fill(diagram.note, 48))
     for ax in axes[len(diagrams):]:
         ax.set_visible(False)
-    save_png(fig, path)
+    return fig
+
+
+def reliability_grid(path: str | Path, diagrams: list[Diagram]) -> None:
+    """:func:`reliability_grid_figure`, written as a PNG to ``path``."""
+    save_png(reliability_grid_figure(diagrams), path)

@@ -23,6 +23,9 @@ Runs of online distillation trained other networks besides the student (``networ
 of their probabilities). When a report holds such runs, the table adds, after the fidelity columns,
 mean ± std over seeds of each role's top-1 (one column per role found in any run) and of the
 ensemble's; groups without that network show ``—``. The other columns stay the student's.
+
+Notes and figures (:mod:`.report_plots`) name a group by :func:`legend_labels`: only what tells it apart,
+a method's options as ``<method>.<option>`` and only where groups of that method differ in them.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from typing import Any
 from ..config import REPORT_IGNORED_FIELDS, Config
 from ..errors import UserError, one_line
 from ..fileio import atomic_write_text, make_output_folder
-from .plots import Curve, curve_panels, reliability_grid
 from .runs import (
     ENSEMBLE,
     FIDELITY_COLUMNS,
@@ -151,15 +153,24 @@ def _distinguishing_keys(groups: list[Group]) -> list[str]:
 
     A key that only some groups have (another method's option) and that has one value wherever it is
     present is left out unless it is needed to tell two groups apart."""
-    sections = [f.name for f in dataclasses.fields(Config)] + ["run"]
-    seen = dict.fromkeys(k for g in groups for k in g.config if k not in IDENTITY_KEYS)
-    order = sorted(seen, key=lambda k: sections.index(k.split(".")[0]))
-    keys = [k for k in order if len({_hashable(g.config.get(k, MISSING)) for g in groups}) > 1]
+    keys = _varying(groups, _config_keys(groups))
     for key in [k for k in keys if len({g.config[k] for g in groups if k in g.config}) == 1]:
         rest = [k for k in keys if k != key]
         if _all_distinct(groups, rest):
             keys = rest
     return keys
+
+
+def _config_keys(groups: list[Group]) -> list[str]:
+    """The keys of the groups' configs in config order, without the identity keys."""
+    sections = [f.name for f in dataclasses.fields(Config)] + ["run"]
+    seen = dict.fromkeys(k for g in groups for k in g.config if k not in IDENTITY_KEYS)
+    return sorted(seen, key=lambda k: sections.index(k.split(".")[0]))
+
+
+def _varying(groups: list[Group], keys: list[str]) -> list[str]:
+    """The keys whose values (or absence) differ between the groups."""
+    return [k for k in keys if len({_hashable(g.config.get(k, MISSING)) for g in groups}) > 1]
 
 
 def _hashable(value: Any) -> Any:
@@ -200,21 +211,45 @@ def show(value: Any) -> str:
     return str(value)
 
 
-def _label(groups: list[Group]) -> None:
-    """Label each group by what tells it apart: varying identity parts, then ``field=value`` (a field that
-    is unset, ``None``, or that the group lacks is left out of its label)."""
+# fields that belong to a method or a model, by prefix: the field naming their owner, and whether a label
+# names them after it (``dlb.alpha``); they show only where they differ between groups of the same owner
+OWNED_FIELDS = {"method.": ("method.name", True), "model.options.": ("model.name", True),
+                "teachers": ("method.name", False)}
+
+
+def legend_labels(groups: list[Group]) -> list[str]:
+    """What tells each of ``groups`` apart from the others: the identity parts that vary, then
+    ``field=value`` for each other field whose value differs between them, but for a method's option (a
+    model's, the teachers) only where it differs between groups of that same method (model), named
+    ``<method>.<option>`` (``<model>.<option>``), so that neither a method's defaults nor two methods'
+    like-named options muddle the labels. A value that is unset or ``None`` is left out."""
     names = list(groups[0].identity()) if groups else []
     varying = [n for n in names if len({g.identity()[n] for g in groups}) > 1]
+    order = _config_keys(groups)
+    prefixes = {k: next((p for p in OWNED_FIELDS if k.startswith(p)), "") for k in order}
+    labels = []
     for g in groups:
         parts = [str(g.identity()[n]) for n in varying]
-        parts += [f"{column_name(k)}={show(v)}" for k, v in g.fields.items() if v is not MISSING and v is not None]
-        g.label = " ".join(parts) or g.identity()["method"]
+        for key in (k for k in order if g.config.get(k) is not None):
+            prefix = prefixes[key]
+            owner, qualified = OWNED_FIELDS[prefix] if prefix else ("", False)  # owner "": compared with all
+            if _varying([h for h in groups if not owner or h.config.get(owner) == g.config[owner]], [key]):
+                name = _option_name(str(g.config[owner]), key[len(prefix):]) if qualified else column_name(key)
+                parts.append(f"{name}={show(g.config[key])}")
+        labels.append(" ".join(parts) or g.identity()["method"])
+    return labels
 
 
-def _common_title(groups: list[Group]) -> str:
-    shared = {n: v for n, v in groups[0].identity().items() if all(g.identity()[n] == v for g in groups)}
-    parts = [shared.get("method"), shared.get("model"), f"on {shared['dataset']}" if "dataset" in shared else None]
-    return " ".join(p for p in parts if p)
+def _option_name(owner: str, option: str) -> str:
+    """``dlb.alpha`` for the option ``alpha`` of DLB, ``mlp.hidden`` for that of an MLP; a composed method's
+    options are already named by their part (``dlb+dsr``'s ``dlb.alpha``)."""
+    return option if "+" in owner else f"{owner}.{option}"
+
+
+def _label(groups: list[Group]) -> None:
+    """Set each group's label (shown in the notes and, for a single dataset, in the plots' legends)."""
+    for group, label in zip(groups, legend_labels(groups)):
+        group.label = label
 
 
 # ----------------------------------------------------------------------------- the table
@@ -307,70 +342,10 @@ def duplicate_notes(groups: list[Group]) -> list[str]:
     return notes
 
 
-# ----------------------------------------------------------------------------- plots
-def accuracy_curve(group: Group) -> Curve:
-    """The evaluated top-1 per epoch: mean over seeds (duplicates averaged first), std band with 2+ seeds."""
-    column = f"{group.split}_top1"
-    per_seed: list[dict[float, float]] = []
-    for runs in group.seeds().values():
-        by_epoch: dict[float, list[float]] = {}
-        for run in runs:
-            for row in run["log"]:
-                if row.get(column) is not None:
-                    by_epoch.setdefault(row["epoch"], []).append(row[column])
-        per_seed.append({e: statistics.fmean(v) for e, v in by_epoch.items()})
-    epochs = sorted({e for curve in per_seed for e in curve})
-    stats = [mean_std([c[e] for c in per_seed if e in c]) for e in epochs]
-    std = [s or 0.0 for _, s in stats] if len(per_seed) > 1 else None
-    return Curve(group.label, epochs, [m for m, _ in stats], std)
-
-
-def plot_accuracy(groups: list[Group], path: Path) -> None:
-    """``accuracy.png``: one line per group with its ± std band over seeds, x = epoch."""
-    splits = {g.split for g in groups}
-    ylabel = f"{splits.pop()} top-1 (%)" if len(splits) == 1 else "top-1 (%) on the split in each label"
-    title = f"{_common_title(groups)}: mean ± std over seeds".lstrip(": ")
-    curve_panels(path, [(ylabel, [accuracy_curve(g) for g in groups])], title)
-
-
-def pooled_reliability(group: Group) -> dict[str, Any] | None:
-    """The group's reliability bins summed over seeds (duplicates averaged), or None when a run has none
-    or the runs' bin counts differ."""
-    rels = [[r.get("reliability") for r in runs] for runs in group.seeds().values()]
-    flat = [rel for seed in rels for rel in seed]
-    if any(rel is None for rel in flat) or len({rel["bins"] for rel in flat}) != 1:
-        return None
-    bins = flat[0]["bins"]
-    pooled: dict[str, Any] = {"bins": bins}
-    for key in ("count", "confidence_sum", "correct"):
-        pooled[key] = [sum(sum(rel[key][i] for rel in seed) / len(seed) for seed in rels) for i in range(bins)]
-    return pooled
-
-
-def plot_reliability(groups: list[Group], path: Path) -> list[str]:
-    """``reliability.png``: one diagram per group that has bins (none: no file); notes on those left out."""
-    diagrams, skipped = [], []
-    for group in groups:
-        pooled = pooled_reliability(group)
-        if pooled is None:
-            skipped.append(f"`{group.label}`")
-        else:
-            seeds = len(group.seeds())
-            diagrams.append((f"{group.label} ({seeds} seed{'s' if seeds > 1 else ''})", pooled))
-    notes = []
-    if diagrams:
-        reliability_grid(path, diagrams)
-        notes.append(f"{path}: reliability diagram per group, bins pooled over seeds (pale bars: few images)")
-    if skipped:
-        notes.append(f"reliability.png leaves out {', '.join(skipped)}: some of their metrics.json have no "
-                     f"reliability bins (runs of older versions) or bins of another size")
-    return notes
-
-
 def build_report(paths: list[str], out: Path | None, plots: bool = True) -> str:
     """The markdown report (table and notes) of the runs under ``paths``; with ``out``, also
-    ``report.md`` and, with ``plots``, ``accuracy.png`` and ``reliability.png`` in it (a folder created if
-    needed, never through a symlink at ``out``)."""
+    ``report.md`` and, with ``plots``, the figures of :func:`~.report_plots.write_plots` in it (a folder
+    created if needed, never through a symlink at ``out``)."""
     groups = group_runs(find_runs(paths))
     rows = [summary_row(g) for g in groups]
     table = markdown_table(rows)
@@ -383,9 +358,9 @@ def build_report(paths: list[str], out: Path | None, plots: bool = True) -> str:
     try:
         make_output_folder(out, "--out")
         if plots:
-            plot_accuracy(groups, out / "accuracy.png")
-            notes.append(f"{out / 'accuracy.png'}: evaluated top-1 per epoch, band ± std over seeds")
-            notes += plot_reliability(groups, out / "reliability.png")
+            from .report_plots import write_plots  # imported here: it draws this module's groups
+
+            notes += write_plots(groups, out)
         text = _document(table, notes)
         atomic_write_text(out / "report.md", text)
     except OSError as exc:

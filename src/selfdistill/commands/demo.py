@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..analysis.plots import Curve, curve_panels
+from ..analysis.plots import Curve, Panel, curve_panels
 from ..analysis.runs import eval_metric, eval_split, load_run
 from ..engine import train
 from ..engine.validate import resolve
@@ -39,7 +39,7 @@ def plot_runs(runs: dict[str, dict[str, Any]], path: Path, title: str) -> None:
             rows = [r for r in run["log"] if r.get(column) is not None]
             curves.append(Curve(label, [r["epoch"] for r in rows], [r[column] for r in rows]))
         split = eval_split(next(iter(runs.values())))
-        panels.append((f"{split} {ylabel}", curves))
+        panels.append(Panel(f"{split} {ylabel}", curves))
     curve_panels(path, panels, title)
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, UserError
+from ..methods.base import STUDENT
+from .outputs import TEACHER_FIGURES
 
 
 def available() -> bool:
@@ -35,7 +37,12 @@ def wanted(setting: bool | str) -> bool:
 
 
 class TensorBoardLog:
-    """Per-epoch scalars: ``lr``, ``loss/<term>``, ``train/top1``, ``<split>/top1|nll|ece``, ``speed/images_per_s``."""
+    """Per-epoch scalars: ``lr``, ``loss/<term>``, ``stats/<name>``, ``train/top1``, ``<split>/top1|nll|ece``,
+    ``speed/images_per_s``; with frozen teachers the student's fidelity to them (``fidelity/<split>/agreement``,
+    ``fidelity/<split>/teacher_kl``: KL(teacher ‖ student)) and the teachers' own figures
+    (``teacher/<split>/top1|nll|ece|entropy|nontarget_entropy``); in an online run each other network's
+    figures (``<role>/<split>/top1|nll|ece``), the ensemble's (``ensemble/<split>/...``) and each pair's
+    agreement and KL (``pairs/<split>/agreement_<b>_<a>``, ``pairs/<split>/kl_<b>_<a>``: KL(b ‖ a))."""
 
     def __init__(self, folder: Path, first_epoch: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -49,17 +56,21 @@ class TensorBoardLog:
 
     def log_epoch(self, row: dict[str, Any], terms: tuple[str, ...], split: str, stats: tuple[str, ...] = (),
                   roles: tuple[str, ...] = ()) -> None:
-        """The epoch's scalars: loss terms, step statistics, and each network's figures (``roles``: the
-        trainable networks besides the student; the ensemble's too when there are any)."""
+        """The epoch's scalars (see the class): loss terms, step statistics, the figures of the evaluation
+        when the epoch had one, and each network's (``roles``: the trainable networks besides the student)."""
         epoch = row["epoch"]
         scalars = {"lr": row["lr"], **{f"loss/{t}": row[t] for t in terms}, **{f"stats/{n}": row[n] for n in stats},
                    "train/top1": row["train_top1"], "speed/images_per_s": row["images_per_s"]}
-        for metric in ("top1", "nll", "ece"):
-            if row.get(f"{split}_{metric}") is not None:
-                scalars[f"{split}/{metric}"] = row[f"{split}_{metric}"]
-            for role in (*roles, "ensemble") if roles else ():
-                if row.get(f"{role}_{split}_{metric}") is not None:
-                    scalars[f"{role}/{split}/{metric}"] = row[f"{role}_{split}_{metric}"]
+        columns = {f"{split}/{m}": f"{split}_{m}" for m in ("top1", "nll", "ece")}
+        columns |= {f"fidelity/{split}/{m}": f"{split}_{m}" for m in ("agreement", "teacher_kl")}
+        columns |= {f"teacher/{split}/{m}": f"teacher_{split}_{m}" for m in TEACHER_FIGURES}
+        for role in (*roles, "ensemble") if roles else ():
+            columns |= {f"{role}/{split}/{m}": f"{role}_{split}_{m}" for m in ("top1", "nll", "ece")}
+        everyone = (STUDENT, *roles)  # log columns <metric>_<b>_<a>: b after a
+        for i, a in enumerate(everyone):
+            for b in everyone[i + 1:]:
+                columns |= {f"pairs/{split}/{m}_{b}_{a}": f"{split}_{m}_{b}_{a}" for m in ("agreement", "kl")}
+        scalars |= {tag: row[column] for tag, column in columns.items() if row.get(column) is not None}
         try:
             for tag, value in scalars.items():
                 self.writer.add_scalar(tag, value, epoch)
