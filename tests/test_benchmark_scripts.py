@@ -205,3 +205,12 @@ def test_cpu_compile_times_a_compiled_student_against_eager():
     assert result.returncode == 0, result.stderr[-2000:]
     last = result.stdout.splitlines()[-1].split()
     assert last[:2] == ["mlp", "ce"] and len(last) == 6 and float(last[4]) > 0  # speed-up column
+
+
+def test_busy_threads_times_every_setting_under_load():
+    result = run("busy_threads.py", "--models", "cnn", "--busy", "1", "--repeats", "1", "--seconds", "0.2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    header, row = result.stdout.splitlines()[-2:]
+    assert "passive" in header and "spin 10k" in header
+    model, busy, *speeds = row.split()
+    assert (model, busy, len(speeds)) == ("cnn", "1", 4) and all(float(s.replace(",", "")) > 0 for s in speeds)

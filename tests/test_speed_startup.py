@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import cli_main
+from selfdistill import cpus as cpu_info
 from selfdistill import fileio
 from selfdistill.config import DataConfig
 from selfdistill.data import idx, load_dataset
@@ -184,7 +185,7 @@ def test_full_fashion_mnist_from_the_cache_equals_the_inflated_files(fashion_roo
 @pytest.fixture
 def cpus(monkeypatch, tmp_path):
     """Set the CPUs this process may run on; no cgroup quota, no local processes unless a test says so."""
-    monkeypatch.setattr(runtime, "PROC_CGROUP", tmp_path / "no-cgroup")
+    monkeypatch.setattr(cpu_info, "PROC_CGROUP", tmp_path / "no-cgroup")
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     return lambda n: monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(n)), raising=False)
 
@@ -200,13 +201,13 @@ def test_auto_threads_share_the_usable_cpus_among_local_processes(cpus, monkeypa
     cpus(usable)
     if local is not None:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
-    assert runtime.auto_threads() == (threads, how)
+    assert cpu_info.auto_threads() == (threads, how)
 
 
 def test_auto_threads_without_affinity_count_all_cpus(cpus, monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 12)
-    assert runtime.auto_threads() == (12, "12 CPUs usable")
+    assert cpu_info.auto_threads() == (12, "12 CPUs usable")
 
 
 def test_auto_threads_obey_the_tightest_cgroup_quota(cpus, monkeypatch, tmp_path):
@@ -218,18 +219,18 @@ def test_auto_threads_obey_the_tightest_cgroup_quota(cpus, monkeypatch, tmp_path
     (root / "jobs" / "cpu.max").write_text("300000 100000\n")
     (root / "jobs" / "mine" / "cpu.max").write_text("max 100000\n")
     (tmp_path / "self-cgroup").write_text("1:cpu:/elsewhere\n0::/jobs/mine\n")
-    monkeypatch.setattr(runtime, "CGROUP", root)
-    monkeypatch.setattr(runtime, "PROC_CGROUP", tmp_path / "self-cgroup")
-    assert runtime.auto_threads() == (3, "a CPU quota of 3 of 16 CPUs")
+    monkeypatch.setattr(cpu_info, "CGROUP", root)
+    monkeypatch.setattr(cpu_info, "PROC_CGROUP", tmp_path / "self-cgroup")
+    assert cpu_info.auto_threads() == (3, "a CPU quota of 3 of 16 CPUs")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert runtime.auto_threads() == (1, "a CPU quota of 3 of 16 CPUs / 2 processes on this machine")
+    assert cpu_info.auto_threads() == (1, "a CPU quota of 3 of 16 CPUs / 2 processes on this machine")
     (root / "jobs" / "cpu.max").write_text("50000 100000\n")  # half a CPU: still one thread
-    assert runtime.auto_threads()[0] == 1
+    assert cpu_info.auto_threads()[0] == 1
     (root / "jobs" / "cpu.max").write_text("max 100000\n")
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert runtime.auto_threads() == (8, "a CPU quota of 8 of 16 CPUs")
+    assert cpu_info.auto_threads() == (8, "a CPU quota of 8 of 16 CPUs")
     (root / "cpu.max").unlink()
-    assert runtime.auto_threads() == (16, "16 CPUs usable")
+    assert cpu_info.auto_threads() == (16, "16 CPUs usable")
 
 
 @pytest.mark.parametrize("setting, expected", [("auto", 1), (2, 2), (None, "unchanged")])

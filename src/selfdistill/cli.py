@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 from . import __version__
 from .commands.flags import BENCH_FLAGS, TRAIN_FLAGS
 from .config import Config
+from .cpus import prefer_passive_wait
 from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean, printable_line
 
 DEFAULTS = Config()
@@ -268,6 +269,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         with interrupts_deferred() as pressed:
             args = build_parser().parse_args(argv)
+            prefer_passive_wait()  # before torch loads OpenMP; see selfdistill/cpus.py
             command = importlib.import_module(f"selfdistill.commands.{COMMAND_MODULES[args.command]}")
         if pressed:
             raise KeyboardInterrupt

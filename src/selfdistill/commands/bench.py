@@ -40,11 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
+from ..cpus import usable_cpus, waits_passively
+from ..cpus import usable_cpus, waits_passively
 from ..data import ImageDataset, load_dataset, train_batches
 from ..engine import Trainer, evaluate_networks
 from ..engine.evaluate import teacher_predictions
 from ..engine.optim import make_optimizer
-from ..engine.runtime import derive_seed, synchronize, usable_cpus
+from ..engine.runtime import derive_seed, synchronize
 from ..errors import require
 from ..models import build_model
 from .train import train_config
@@ -164,7 +166,8 @@ def machine(device: torch.device) -> dict[str, Any]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_1min": load}
+            "python": platform.python_version(), "load_1min": load,
+            "omp_wait_policy": "passive" if waits_passively() else "default"}
 
 
 def _cpu_name() -> str:
@@ -199,7 +202,8 @@ def format_bench(r: dict[str, Any]) -> str:
         f"machine: {r['device']} ({r['device_name']}), {r['threads']} thread{'s' * (r['threads'] != 1)}, "
         f"{r['cpus']} CPUs"
         + (f" ({r['usable_cpus']} usable)" if r["usable_cpus"] != r["cpus"] else "")
-        + f", torch {r['torch']}, {layout}",
+        + f", torch {r['torch']}, {layout}"
+        + ("; idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE)" if r.get("omp_wait_policy") == "passive" else ""),
     ]
     load, cpus = r["load_1min"], r["usable_cpus"]
     if load is None:

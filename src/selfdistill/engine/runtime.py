@@ -8,13 +8,13 @@ import hashlib
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..config import TrainConfig
+from ..cpus import WAIT_POLICY, auto_threads, machine_busy, waits_passively
 from ..distributed import Dist
 from ..errors import UserError
 from ..models import faster_in_channels_last_on_cpu
@@ -107,67 +107,20 @@ def keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 256 << 20)
 
 
-CGROUP = Path("/sys/fs/cgroup")  # where cgroup v2 is mounted
-PROC_CGROUP = Path("/proc/self/cgroup")  # this process's cgroups
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity (as ``taskset`` or a batch system set it), else all."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
-
-
-def auto_threads() -> tuple[int, str]:
-    """The thread count of ``train.threads: auto`` and how it was chosen, e.g. ``(2, "2 CPUs usable")``.
-
-    The CPUs this process may use: those it may run on (its affinity, as ``taskset`` or a batch system set
-    it; else all of them), fewer where a cgroup v2 CPU quota allows less time (a container's ``--cpus``),
-    shared among the processes that torchrun or ``--nproc`` started on this machine (``LOCAL_WORLD_SIZE``);
-    at least one. More threads than that only wait on each other: on a loaded 2-core machine two threads
-    ran at 1/7 of one thread's speed. ``OMP_NUM_THREADS`` is not read (torchrun sets it to 1).
-    """
-    cpus = usable_cpus()
-    how = f"{cpus} CPU{'s' * (cpus > 1)} usable"
-    quota = _cpu_quota()
-    if quota is not None and quota < cpus:
-        cpus, how = quota, f"a CPU quota of {quota} of {cpus} CPUs"
-    try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        local = 1
-    if local > 1:
-        how += f" / {local} processes on this machine"
-    return max(1, cpus // local), how
-
-
-def _cpu_quota() -> int | None:
-    """Whole CPUs of the tightest cgroup v2 quota (``cpu.max``) on this process's cgroup and its parents;
-    None where there is none or it cannot be read."""
-    try:
-        lines = PROC_CGROUP.read_text().splitlines()
-        relative = next(line[3:] for line in lines if line.startswith("0::")).strip("/")
-    except (OSError, StopIteration):
-        return None
-    folder, tightest = CGROUP / relative, None
-    for limits in (folder, *folder.parents):
-        try:
-            quota, period = (limits / "cpu.max").read_text().split()[:2]
-            cpus = max(1, int(quota) // int(period))
-            tightest = cpus if tightest is None else min(tightest, cpus)
-        except (OSError, ValueError):  # no file here, or "max" (no quota)
-            pass
-        if limits == CGROUP:
-            break
-    return tightest
-
-
 def describe_threads(threads: int | None, how: str | None) -> str:
-    """The start line's mention of ``threads`` (None: not on a CPU, nothing to say), with ``how`` auto chose."""
+    """The start line's mention of ``threads`` (None: not on a CPU, nothing to say), with ``how`` auto chose and,
+    when other work holds the CPUs, how busy the machine is; where OpenMP's threads spin (the wait policy was
+    not set before torch loaded), with the way out."""
     if not threads:
         return ""
-    return f", {threads} thread{'s' * (threads > 1)}" + (f" (auto: {how})" if how else "")
+    said = [f"auto: {how}"] if how else []
+    busy = machine_busy(threads) if threads > 1 else None
+    if busy and waits_passively():
+        said.append(f"machine {busy}; idle threads sleep ({WAIT_POLICY}=PASSIVE)")
+    elif busy:
+        said.append(f"machine {busy}; {threads} spinning threads may train slower than one: set "
+                    f"{WAIT_POLICY}=PASSIVE before torch loads, or --threads 1")
+    return f", {threads} thread{'s' * (threads > 1)}" + (f" ({'; '.join(said)})" if said else "")
 
 
 def synchronize(device: torch.device) -> None:

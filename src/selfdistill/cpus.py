@@ -1,0 +1,107 @@
+"""The CPUs a run may use, how busy the machine is, and how OpenMP's threads wait: no torch here, so that the
+command line can settle the wait policy before torch loads.
+
+Why the wait policy: torch's CPU kernels run on OpenMP (GNU libgomp in the PyPI wheels), whose idle threads
+spin for a while before they sleep. When other work holds some of the CPUs, a spinning thread takes a CPU
+from the thread that has work, and a step waits on a thread that is not running: on a busy 2-core machine
+two threads trained cnn 3-5x slower than one (``benchmarks/busy_threads.py``, BENCHMARKS.md "Threads on a
+busy CPU"). Under ``OMP_WAIT_POLICY=PASSIVE`` they sleep at once and two threads trained at least as fast as
+one. OpenMP reads the variable once, when it loads with torch, so it is set (unless the user set it) by
+:func:`prefer_passive_wait` before anything imports torch. The thread count itself is left alone by the load:
+it is part of a run's result, and a count that followed the load would differ between a run and its resume.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+CGROUP = Path("/sys/fs/cgroup")  # where cgroup v2 is mounted
+PROC_CGROUP = Path("/proc/self/cgroup")  # this process's cgroups
+WAIT_POLICY = "OMP_WAIT_POLICY"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (as ``taskset`` or a batch system set it), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_threads() -> tuple[int, str]:
+    """The thread count of ``train.threads: auto`` and how it was chosen, e.g. ``(2, "2 CPUs usable")``.
+
+    The CPUs this process may use: those it may run on (its affinity, as ``taskset`` or a batch system set
+    it; else all of them), fewer where a cgroup v2 CPU quota allows less time (a container's ``--cpus``),
+    shared among the processes that torchrun or ``--nproc`` started on this machine (``LOCAL_WORLD_SIZE``);
+    at least one. More threads than that only wait on each other. ``OMP_NUM_THREADS`` is not read (torchrun
+    sets it to 1). Other work on the machine does not change the count (see the module's docstring).
+    """
+    cpus = usable_cpus()
+    how = f"{cpus} CPU{'s' * (cpus > 1)} usable"
+    quota = _cpu_quota()
+    if quota is not None and quota < cpus:
+        cpus, how = quota, f"a CPU quota of {quota} of {cpus} CPUs"
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    if local > 1:
+        how += f" / {local} processes on this machine"
+    return max(1, cpus // local), how
+
+
+def _cpu_quota() -> int | None:
+    """Whole CPUs of the tightest cgroup v2 quota (``cpu.max``) on this process's cgroup and its parents;
+    None where there is none or it cannot be read."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+        relative = next(line[3:] for line in lines if line.startswith("0::")).strip("/")
+    except (OSError, StopIteration):
+        return None
+    folder, tightest = CGROUP / relative, None
+    for limits in (folder, *folder.parents):
+        try:
+            quota, period = (limits / "cpu.max").read_text().split()[:2]
+            cpus = max(1, int(quota) // int(period))
+            tightest = cpus if tightest is None else min(tightest, cpus)
+        except (OSError, ValueError):  # no file here, or "max" (no quota)
+            pass
+        if limits == CGROUP:
+            break
+    return tightest
+
+
+def prefer_passive_wait() -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` for this process and its children unless the user chose a policy or
+    torch (and with it OpenMP) has already loaded, when setting it would change nothing. Returns whether it
+    was set here."""
+    if WAIT_POLICY in os.environ or "torch" in sys.modules:
+        return False
+    os.environ[WAIT_POLICY] = "PASSIVE"
+    return True
+
+
+def waits_passively() -> bool:
+    """Whether OpenMP's threads sleep at once when idle, as far as this process can tell (the variable as it
+    is now; torch read it when it loaded)."""
+    return os.environ.get(WAIT_POLICY, "").strip().upper() == "PASSIVE"
+
+
+def machine_busy(threads: int) -> str | None:
+    """A few words on other work when it holds CPUs that ``threads`` threads would want, e.g. ``"busy: load 3.1
+    on 2 CPUs"``; None on a quiet machine or where the load cannot be read.
+
+    The 1-minute load average counts the machine's runnable tasks (this process's own start adds a little);
+    the machine is busy when fewer than ``threads`` CPUs are left, with one CPU's worth of slack for short
+    jobs and this process."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    total = os.cpu_count() or 1
+    if total - load > threads - 1:
+        return None
+    return f"busy: load {load:.1f} on {total} CPU{'s' * (total > 1)}"
