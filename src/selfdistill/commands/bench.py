@@ -41,7 +41,6 @@ import torch.nn.functional as F
 
 from ..config import Config
 from ..cpus import usable_cpus, waits_passively
-from ..cpus import usable_cpus, waits_passively
 from ..data import ImageDataset, load_dataset, train_batches
 from ..engine import Trainer, evaluate_networks
 from ..engine.evaluate import teacher_predictions
