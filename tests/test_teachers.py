@@ -8,8 +8,10 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -279,6 +281,26 @@ def _unfinished(tmp, teachers):
     return ["--teacher", str(run)]
 
 
+def _altered(change, save=_write):
+    """A case: the mlp's weights with ``layer1.1.weight`` changed by ``change``, saved by ``save``."""
+    def make(tmp, teachers):
+        state = build_model("mlp", 10, 1, 12).state_dict()
+        state["layer1.1.weight"] = change(state["layer1.1.weight"])
+        return ["--teacher", f"{save(tmp / 'w.pt', state)}:mlp"]
+    return make
+
+
+def _csr(weight: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "in beta state" note
+        return weight.to_sparse_csr()
+
+
+def _pickled(protocol):
+    """Saves with pickle.dump instead of torch.save."""
+    return lambda path, state: _write(path, pickle.dumps(state, protocol=protocol))
+
+
 def _weights_of_other_shape(tmp, teachers):
     small = build_model("mlp", 10, 1, 8).state_dict()  # 8x8 inputs: its first layer takes 64 values, not 144
     return ["--teacher", f"{_write(tmp / 'small.pt', small)}:mlp"]
@@ -308,6 +330,24 @@ TEACHER_CASES = [
      "refused (weights_only)"),
     ("a custom class", "tf_kd_self",
      lambda t, ts: ["--teacher", f"{_write(t / 'c.pt', {'model': Custom()})}:mlp"], "refused (weights_only)"),
+    ("integer weights", "tf_kd_self", _altered(lambda w: w.long()),
+     "w.pt: layer1.1.weight holds int64 values where the model has floating-point weights"),
+    ("boolean weights", "tf_kd_self", _altered(lambda w: w > 0), "layer1.1.weight holds bool values"),
+    ("NaN weights", "tf_kd_self", _altered(lambda w: w.index_fill(0, torch.tensor([3]), float("nan"))),
+     "w.pt: layer1.1.weight holds 144 NaN or infinite values (of 73,728): the teacher diverged"),
+    ("infinite weights", "tf_kd_self", _altered(lambda w: w.index_fill(1, torch.tensor([0]), -float("inf"))),
+     "layer1.1.weight holds 512 NaN or infinite values"),
+    ("complex weights", "tf_kd_self", _altered(lambda w: torch.complex(w, w)),
+     "w.pt: layer1.1.weight holds complex numbers (complex64) where the model's weights are real"),
+    ("sparse weights", "tf_kd_self", _altered(lambda w: w.to_sparse()),
+     "w.pt: layer1.1.weight is a sparse tensor (sparse_coo): save it dense"),
+    ("sparse CSR weights", "tf_kd_self", _altered(_csr), "is a sparse tensor (sparse_csr)"),
+    ("meta weights", "tf_kd_self", _altered(lambda w: w.to("meta")),
+     "w.pt: layer1.1.weight is a meta tensor, a shape without values"),
+    ("a raw pickle (protocol 4, torch warns of it)", "tf_kd_self", _altered(lambda w: w, _pickled(4)),
+     "w.pt is a plain Python pickle (pickle.dump), not a file written by torch.save"),
+    ("a raw pickle (protocol 2, as torch's legacy format)", "tf_kd_self", _altered(lambda w: w, _pickled(2)),
+     "w.pt is a plain Python pickle (pickle.dump), not a file written by torch.save"),
     ("a list of tensors", "tf_kd_self", lambda t, ts: ["--teacher", f"{_write(t / 'l.pt', [torch.zeros(1)])}:mlp"],
      "is not a checkpoint"),
     ("unknown architecture", "tf_kd_self", lambda t, ts: ["--teacher", f"{ts['mlp'] / 'model.pt'}:resnt56"],

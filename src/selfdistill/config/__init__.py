@@ -87,6 +87,8 @@ class DataConfig:
     pad_to: int | None = None  # zero-pad images to this size, e.g. 28 -> 32
     image_size: int = 32  # image-folder datasets (Tiny-ImageNet) are decoded at this size
     drop_last: bool = False
+    # refuse a teacher whose model card (or checkpoint) says it was trained on another dataset
+    teacher_dataset_check: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -178,9 +180,10 @@ def _role_section(config: Config, role: str, section: str, cls: type) -> Any:
 
 # Fields that never change what a run computes (where files come from, what is shown, how long to wait for
 # other processes): they may change on --resume. So may the device and the thread count as they are written
-# (`auto` or a number): the trainer compares what they resolve to, recorded in the checkpoint's runtime.
-RESUMABLE_FIELDS = ("data.data_dir", "data.download", "train.device", "train.threads", "train.progress",
-                    "train.status_every", "train.tensorboard", "train.dist_timeout")
+# (`auto` or a number): the trainer compares what they resolve to, recorded in the checkpoint's runtime. So may
+# a check, which refuses or lets a run start.
+RESUMABLE_FIELDS = ("data.data_dir", "data.download", "data.teacher_dataset_check", "train.device", "train.threads",
+                    "train.progress", "train.status_every", "train.tensorboard", "train.dist_timeout")
 # Fields that change a run's numbers only as another seed or float rounding would: `report` treats runs that
 # differ only in these as seeds of one experiment.
 REPORT_IGNORED_FIELDS = (*RESUMABLE_FIELDS, "train.seed", "train.deterministic", "train.compile",

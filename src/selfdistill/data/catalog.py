@@ -110,12 +110,14 @@ class DatasetInfo:
     augment: AugmentDefaults
     mean: tuple[float, ...] | None = None  # None: computed from the training images
     std: tuple[float, ...] | None = None
+    slice_of: str | None = None  # the dataset whose images and classes these are a part of (splits kept apart)
 
 
 FASHION_STATS = ((0.2860,), (0.3530,))
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist-mini": DatasetInfo(_bundled, "6,000/2,000-image class-balanced Fashion-MNIST slice bundled "
-                                      "with the package (MIT licence)", AugmentDefaults(2, True), *FASHION_STATS),
+                                      "with the package (MIT licence)", AugmentDefaults(2, True), *FASHION_STATS,
+                                      slice_of="fashion-mnist"),
     "fashion-mnist": DatasetInfo(_idx("fashion-mnist"), "Fashion-MNIST, 60k/10k 28x28 grey, 10 classes",
                                  AugmentDefaults(2, True), *FASHION_STATS),
     "mnist": DatasetInfo(_idx("mnist"), "MNIST digits, 60k/10k 28x28 grey (no flips)", AugmentDefaults(2, False),
@@ -133,6 +135,16 @@ DATASETS: dict[str, DatasetInfo] = {
 
 def dataset_names() -> list[str]:
     return list(DATASETS)
+
+
+def same_images(a: str, b: str) -> bool:
+    """Whether the datasets named ``a`` and ``b`` draw on the same images and classes: the same name, or one
+    a slice of the other (the bundled ``fashion-mnist-mini`` takes its training images from Fashion-MNIST's
+    training set and its test images from its test set, so a network trained on one fits the other)."""
+    def origin(name: str) -> str:
+        info = DATASETS.get(name)
+        return info.slice_of if info is not None and info.slice_of is not None else name
+    return origin(a) == origin(b)
 
 
 def check_dataset_name(name: str, where: str = "data.dataset") -> None:

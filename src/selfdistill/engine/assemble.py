@@ -30,6 +30,7 @@ from .networks import FrozenNetwork, TrainableNetwork
 from .progress import Progress
 from .resume import check_resume
 from .runtime import Precision, configure_torch, derive_seed, resolve_device, to_device
+from .teacher_checks import check_trained_on
 from .validate import resolve, resolve_saved_config
 
 
@@ -172,6 +173,7 @@ class RunAssembly:
         cfg, d = self.config, self.data
         shape = DataShape(d.num_classes, d.in_channels, self.image_size, list(d.mean), list(d.std))
         loaded = [load_teacher(TeacherSpec(**entry), shape, f"teachers[{k}]") for k, entry in enumerate(cfg.teachers)]
+        check_trained_on(loaded, d.name, cfg.data.teacher_dataset_check)
         self.teacher_sources = [t.source for t in loaded]
         if self.checkpoint is not None:
             check_unchanged(self.checkpoint.get("teachers") or [], self.teacher_sources)

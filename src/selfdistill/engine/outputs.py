@@ -29,9 +29,10 @@ from ..methods.base import STUDENT
 from ..models import count_parameters
 from ..models.card import ModelCard, weights_sha256, write_model_card
 from . import rundir
-from .evaluate import NetworkEvaluation, evaluate_networks, teacher_predictions
+from .evaluate import NetworkEvaluation, TeacherPredictions, evaluate_networks, teacher_predictions
 from .loop import EpochResult
 from .runtime import to_device
+from .teacher_checks import chance_warnings
 from .validate import resolve
 
 TEACHER_FIGURES = ("top1", "nll", "ece", "entropy", "nontarget_entropy")  # TeacherDiagnostics.summary()
@@ -51,10 +52,7 @@ class RunOutputs:
                         **{f"teacher_{s}_{k}": None for k in TEACHER_FIGURES}})
         row.update(dict.fromkeys(self._network_columns()))
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
-            if self.teachers and self.teacher_eval is None:
-                self.teacher_eval = teacher_predictions([t.logits for t in self.teachers], d.test_images,
-                                                        d.test_labels, d.num_classes, self.augment,
-                                                        cfg.data.eval_batch_size, self.precision, self.ctx)
+            self._measure_teachers()
             result = evaluate_networks({net.role: net.model for net in self.nets}, d.test_images, d.test_labels,
                                        d.num_classes, self.augment, cfg.data.eval_batch_size, self.precision,
                                        self.ctx, self.teacher_eval)
@@ -76,6 +74,27 @@ class RunOutputs:
             if result.ensemble is not None:
                 self.last_eval["ensemble"] = result.ensemble.reliability()
         return row
+
+    def _measure_teachers(self) -> TeacherPredictions | None:
+        """The teachers' predictions on the evaluation split (None without teachers), made once: they are frozen."""
+        if self.teachers and self.teacher_eval is None:
+            cfg, d = self.config, self.data
+            self.teacher_eval = teacher_predictions([t.logits for t in self.teachers], d.test_images, d.test_labels,
+                                                    d.num_classes, self.augment, cfg.data.eval_batch_size,
+                                                    self.precision, self.ctx)
+        return self.teacher_eval
+
+    def _say_teachers_top1(self) -> None:
+        """One line with each teacher's own top-1 on the evaluation split (measured on every rank: the figures
+        are summed across processes), and a warning for each that is no better than chance."""
+        measured = self._measure_teachers()
+        if measured is None:
+            return
+        d, s, top1 = self.data, self.split, measured.per_teacher_top1
+        described = [f"{t.role} {src.model} ({src.path})" for t, src in zip(self.teachers, self.teacher_sources)]
+        self.progress.say(" | ".join(f"{what}: {s} top-1 {score:.2f}%" for what, score in zip(described, top1)))
+        for line in chance_warnings(described, top1, d.num_classes, len(d.test_labels), s):
+            self.progress.warn(line)
 
     def _network_columns(self) -> list[str]:
         """The log columns of the trainable networks besides the student: each one's top-1, NLL and ECE, the

@@ -1,5 +1,6 @@
-"""What a run says while it trains: a start line, a live bar on a terminal (or, off a terminal, a
-status line every ``train.status_every`` seconds), and one line per epoch. Only rank 0 speaks.
+"""What a run says while it trains: a start line (warnings beside it, on stderr), a live bar on a terminal
+(or, off a terminal, a status line every ``train.status_every`` seconds), and one line per epoch. Only
+rank 0 speaks.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import time
 from typing import Any
 
 from tqdm import tqdm
+
+from ..errors import printable_line
 
 
 def _duration(seconds: float) -> str:
@@ -32,6 +35,12 @@ class Progress:
         """Print one line on rank 0 (stdout, flushed)."""
         if self.is_main:
             print(line, flush=True)
+
+    def warn(self, line: str) -> None:
+        """Print one warning line on rank 0 (stderr, flushed), as ``selfdistill: <line>`` (a path with a line
+        break in it stays on the line, escaped)."""
+        if self.is_main:
+            print(f"selfdistill: {printable_line(line)}", file=sys.stderr, flush=True)
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         self._epoch, self._epochs, self._steps = epoch, epochs, steps

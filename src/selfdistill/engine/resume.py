@@ -2,7 +2,7 @@
 
 A resumed run must end where the uninterrupted run would have ended, so every result-defining field of
 the config must equal the saved one; only :data:`~selfdistill.config.RESUMABLE_FIELDS` (where data is
-found, what is printed, timeouts) may differ, and ``train.epochs`` under three conditions:
+found, what is printed or checked, timeouts) may differ, and ``train.epochs`` under three conditions:
 
 * it is not below the number of epochs already done;
 * the learning rate of an epoch does not depend on ``train.epochs``: schedules ``multistep`` and

@@ -175,6 +175,7 @@ class Trainer(RunAssembly, EpochLoop, RunOutputs):
             f"{teachers} | {len(d.train_labels):,} train / {len(d.test_labels):,} {self.split} images | "
             f"{self.steps} steps/epoch x {cfg.train.epochs} epochs | "
             f"{self.device}{threads}{processes}{notes}")
+        self._say_teachers_top1()  # right after the start line, before the first epoch
 
     def _trained_networks(self) -> str:
         """What the start line says is trained: the student's architecture and size or, when the method trains

@@ -13,12 +13,16 @@ A teacher is given (``--teacher``, repeatable, or ``teachers:`` in YAML) as one 
   (``resnet32x4_vanilla/ckpt_epoch_240.pth``: a dict with the state_dict under ``"model"``), plus its
   architecture; their keys are mapped onto ours by :mod:`selfdistill.models.foreign`.
 
-Every file is read with ``torch.load(weights_only=True)``: a pickle that would run code is refused.
-The weights must fit the architecture exactly (the first key or shape that disagrees is named), and
-the teacher must predict the data's classes from images with the data's channels. A teacher whose card
-records another input normalisation than the student's data gets its inputs re-normalised (one
-per-channel affine map), so it sees the same augmented rows as it saw in its own training; a
-published checkpoint is assumed to use the data's own normalisation (true for CIFAR-100 to 3 decimals).
+Every file is read with ``torch.load(weights_only=True)``, torch's own warnings held back: a pickle that would
+run code is refused, and so is a plain Python pickle (``pickle.dump``, not ``torch.save``). The weights must
+fit the architecture exactly (the first key or shape that disagrees is named) and hold real, finite numbers
+(no NaN or infinity, no integers, complex numbers, sparse or meta tensors where the model has floating-point
+weights: the first such key is named), and the teacher must predict the data's classes from images with the
+data's channels. A teacher whose card records another input normalisation than the student's data gets its
+inputs re-normalised (one per-channel affine map), so it sees the same augmented rows as it saw in its own
+training; a published checkpoint is assumed to use the data's own normalisation (true for CIFAR-100 to 3
+decimals). The dataset a card or checkpoint records is kept (:attr:`LoadedTeacher.trained_on`) for the
+engine to compare with the student's.
 
 A run records each teacher's source and the SHA-256 of its weights file (:class:`TeacherSource`), never
 the weights; ``--resume`` refuses a teacher whose file changed.
@@ -27,6 +31,8 @@ the weights; ``--resume`` refuses a teacher whose file changed.
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,21 +157,35 @@ class DataShape:
 
 
 def _load(path: Path, where: str) -> Any:
-    """The objects in a weights file, read with ``weights_only``; a FIFO or device there is refused before
-    it is read (it would block, or never end, while the run directory is locked)."""
+    """The objects in a weights file, read with ``weights_only`` and torch's warnings held back (they are not
+    the user's business: a failure is one line); a FIFO or device there is refused before it is read (it would
+    block, or never end, while the run directory is locked)."""
     with open_regular(path, f"{where}: {path}") as handle:
+        head = handle.read(len(LEGACY_TORCH_START))
+        handle.seek(0)
         try:
-            return torch.load(handle, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.load(handle, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, not a torch file, or a pickle that would run code
-            raise _unloadable(exc, path, where) from None
+            raise _unloadable(exc, head, path, where) from None
 
 
-def _unloadable(exc: Exception, path: Path, where: str) -> UserError:
-    """The one line saying why ``torch.load`` failed on ``path``."""
+# torch.save writes a zip archive, or in its legacy format a pickle that opens with this magic number
+LEGACY_TORCH_START = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
+
+
+def _unloadable(exc: Exception, head: bytes, path: Path, where: str) -> UserError:
+    """The one line saying why ``torch.load`` failed on ``path``, whose first bytes are ``head``."""
+    if head[:1] == b"\x80" and not head.startswith(LEGACY_TORCH_START):  # a pickle, not torch.save's
+        return UserError(f"{where}: {path} is a plain Python pickle (pickle.dump), not a file written by torch.save; "
+                         "save the weights with torch.save(model.state_dict(), PATH)")
     why = one_line(exc)
     if "global" in why.lower():  # weights_only met a class or function; torch names other faults too
         return UserError(f"{where}: {path} holds Python objects beyond tensors, which could run code when loaded; "
                          "refused (weights_only). Save its state_dict instead")
+    if "WeightsUnpickler error:" in why:  # the detail, without torch's paragraph about its defaults
+        why = why.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation", 1)[0].strip()
     why = why or ("the file ends early" if isinstance(exc, EOFError) else "no detail")
     return UserError(f"{where}: {path} is not a readable checkpoint ({type(exc).__name__}: {why[:120]})")
 
@@ -204,18 +224,22 @@ def _weights_file(spec: TeacherSpec, where: str) -> Path:
     raise UserError(f"{where}: {path} is not a run directory (no model.pt inside)")
 
 
-def _state_and_arch(spec: TeacherSpec, weights: Path, where: str) -> tuple[dict[str, torch.Tensor], str,
-                                                                          dict[str, Any] | None, ModelCard | None]:
+def _state_and_arch(spec: TeacherSpec, weights: Path, where: str) -> tuple[
+        dict[str, torch.Tensor], str, dict[str, Any] | None, ModelCard | None, str | None]:
     """The state_dict in our key names, the architecture, its options (the entry's, else those recorded
-    with the weights for that architecture; None: the defaults) and the model card when there is one."""
+    with the weights for that architecture; None: the defaults), the model card when there is one and the
+    dataset the weights were trained on when their card or checkpoint says it."""
     obj = _load(weights, where)
     card = read_model_card(weights) if card_path(weights).is_file() and _is_state(obj) else None
     arch = spec.model or (card.model if card is not None else None)
     recorded = card.options if card is not None and card.model == arch else None
+    dataset = card.dataset if card is not None else None
     if isinstance(obj, dict) and _is_state(obj.get("model")) and isinstance(obj.get("config"), dict):
         saved = obj["config"].get("model") if isinstance(obj["config"].get("model"), dict) else {}
         arch = arch or saved.get("name")
         recorded = saved.get("options") if saved.get("name") == arch else recorded
+        data = obj["config"].get("data")
+        dataset = data.get("dataset") if isinstance(data, dict) and isinstance(data.get("dataset"), str) else None
         state = obj["model"]  # a checkpoint.pt of ours
     elif is_foreign_checkpoint(obj):
         if arch is None:
@@ -230,7 +254,7 @@ def _state_and_arch(spec: TeacherSpec, weights: Path, where: str) -> tuple[dict[
     if arch is None:
         raise UserError(f"{where}: nothing says which architecture {weights} fits (no model.json beside it); give "
                         f"it: --teacher {spec.path}:ARCH")
-    return state, arch, spec.options if spec.options is not None else recorded, card
+    return state, arch, spec.options if spec.options is not None else recorded, card, dataset
 
 
 def _check_fits_data(state: dict[str, torch.Tensor], card: ModelCard | None, data: DataShape, arch: str,
@@ -258,6 +282,10 @@ def _fitted(state: dict[str, torch.Tensor], arch: str, options: dict[str, Any] |
                       f"{where}.model")
     check_state_fits(net, state, f"{where}: {weights}")
     own = net.state_dict()
+    for key, tensor in state.items():
+        wrong = _wrong_values(tensor, own[key]) if key in own else None
+        if wrong is not None:
+            raise UserError(f"{where}: {weights}: {key} {wrong}")
     counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked")}
     net.load_state_dict({**counters, **{k: v for k, v in state.items() if k in own}})
     return net
@@ -266,17 +294,19 @@ def _fitted(state: dict[str, torch.Tensor], arch: str, options: dict[str, Any] |
 @dataclass
 class LoadedTeacher:
     """A teacher's network (on the CPU, in eval mode, frozen), the map its inputs need first (None: the
-    student's inputs as they are) and what the run records of it."""
+    student's inputs as they are), what the run records of it and the dataset it was trained on (from its
+    model card or checkpoint; None where nothing says it, as for a published checkpoint)."""
 
     net: nn.Module
     input_map: Renormalize | None
     source: TeacherSource
+    trained_on: str | None = None
 
 
 def load_teacher(spec: TeacherSpec, data: DataShape, where: str = "teachers[0]") -> LoadedTeacher:
     """Read, check and build one teacher (see the module docstring)."""
     weights = _weights_file(spec, where)
-    state, arch, options, card = _state_and_arch(spec, weights, where)
+    state, arch, options, card, trained_on = _state_and_arch(spec, weights, where)
     if not is_spec(arch) and arch not in model_names():
         raise UserError(f"{where}: unknown architecture {arch!r}{did_you_mean(arch, model_names())}")
     _check_fits_data(state, card, data, arch, weights, where)
@@ -287,7 +317,30 @@ def load_teacher(spec: TeacherSpec, data: DataShape, where: str = "teachers[0]")
     input_map = None
     if card is not None and (_differs(card.mean, data.mean) or _differs(card.std, data.std)):
         input_map = Renormalize(data.mean, data.std, card.mean, card.std)
-    return LoadedTeacher(net, input_map, TeacherSource(spec.path, arch, str(weights), weights_sha256(weights)))
+    source = TeacherSource(spec.path, arch, str(weights), weights_sha256(weights))
+    return LoadedTeacher(net, input_map, source, trained_on)
+
+
+def _wrong_values(tensor: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """What is wrong with the values of ``tensor`` from a file, for the model's ``expected`` of the same key,
+    and what to do (None: nothing). Loading would silently cast integers and drop an imaginary part, and fails
+    with a traceback on sparse and meta tensors; NaN or infinity would only show as a student that diverged."""
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if tensor.is_meta:
+        return "is a meta tensor, a shape without values: save the trained network's weights"
+    if tensor.layout != torch.strided:
+        return f"is a sparse tensor ({str(tensor.layout).removeprefix('torch.')}): save it dense (.to_dense())"
+    if tensor.is_complex():
+        return f"holds complex numbers ({dtype}) where the model's weights are real: save a real network's weights"
+    if expected.is_floating_point() and not tensor.is_floating_point():
+        return (f"holds {dtype} values where the model has floating-point weights: save the trained network's "
+                "weights")
+    if tensor.is_floating_point():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            return (f"holds {bad:,} NaN or infinite values (of {tensor.numel():,}): the teacher diverged or the file "
+                    "is damaged; use an earlier checkpoint of it")
+    return None
 
 
 def _differs(a: list[float], b: list[float]) -> bool:
