@@ -10,7 +10,8 @@ import statistics
 import pytest
 
 from conftest import SMALL_SYNTHETIC, cli_main, small_config
-from selfdistill.analysis.evaluation import evaluate_saved_model, format_eval
+from selfdistill.analysis.eval_output import format_eval
+from selfdistill.analysis.evaluation import evaluate_saved_model
 from selfdistill.analysis.report import build_report, find_runs, group_runs, markdown_table, summarize
 from selfdistill.analysis.report_plots import curves_figure
 from selfdistill.engine import train
