@@ -86,6 +86,8 @@ def test_a_registered_name_unknown_here_says_what_to_do(registered_run, capsys):
         message.endswith("call selfdistill.register_model('tiny', factory) with the factory that built it before "
                          "load_model, or register that factory as an entry point (group selfdistill.models)")
     assert not (run / "eval-synthetic-test").exists()
+    code, out, err = cli_main(capsys, "report", str(run), "--no-plots")  # report builds no network
+    assert code == 0 and err == [] and "| synthetic | tiny | ce | test |" in out
 
 
 def test_a_registered_run_evaluates_with_model_naming_the_same_factory_and_its_options(registered_run, capsys):
@@ -184,3 +186,21 @@ def test_any_model_card_fields_evaluate_or_fail_in_one_line(mlp_run, tmp_path_fa
                 assert "\n" not in str(exc)
     finally:
         (mlp_run / "model.json").write_text(json.dumps(card))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(metrics=values | st.dictionaries(st.sampled_from(["networks", "eval_split", "test_top1"]) | st.text(max_size=5),
+                                        values, max_size=3),
+       role=st.sampled_from([None, "student", "peer1"]), depth=st.sampled_from([0, 2000]))
+def test_any_metrics_json_lets_eval_evaluate_or_fail_in_one_line(mlp_run, tmp_path_factory, metrics, role, depth):
+    saved = (mlp_run / "metrics.json").read_text()
+    text = json.dumps(metrics) if not depth else json.dumps({"networks": "<deep>"}).replace(
+        '"<deep>"', "[" * depth + "]" * depth)
+    (mlp_run / "metrics.json").write_text(text)
+    try:
+        result = evaluate_saved_model(mlp_run, device="cpu", out=tmp_path_factory.mktemp("out"), role=role)
+        assert role in (None, "student") and result["role"] in (None, "student")
+    except UserError as exc:
+        assert "\n" not in str(exc)
+    finally:
+        (mlp_run / "metrics.json").write_text(saved)
