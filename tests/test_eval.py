@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import SMALL_SYNTHETIC, cli_main, small_config
-from selfdistill.analysis.evaluation import evaluate_saved_model, format_eval
+from selfdistill.analysis.eval_output import format_eval
+from selfdistill.analysis.evaluation import evaluate_saved_model
 from selfdistill.data import load_dataset
 from selfdistill.engine import resolve, train
 from selfdistill.errors import UserError
@@ -120,13 +121,14 @@ def test_eval_of_a_run_reproduces_the_engines_test_figures_and_writes_its_files(
     assert json.loads((out / "eval.json").read_text()) == json.loads(json.dumps(result))
     rows = list(csv.DictReader((out / "per_class.csv").read_text().splitlines()))
     assert [int(r["class"]) for r in rows] == list(range(10)) and sum(int(r["count"]) for r in rows) == 2000
+    assert [r["name"] for r in rows] == result["class_names"] and rows[9]["name"] == "Ankle boot"
     correct = sum(float(r["accuracy"]) * int(r["count"]) / 100 for r in rows)
     assert correct == pytest.approx(result["top1"] * 20, abs=0.01)
     assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(result["reliability"]["count"]) == 2000
 
     text = format_eval(result)
-    for part in ("top-1", "top-5", "NLL", "ECE", "2,000", " 9: ", str(out)):
+    for part in ("top-1", "top-5", "NLL", "ECE", "2,000", " 0 T-shirt/top: ", " 9 Ankle boot: ", str(out)):
         assert part in text
 
 

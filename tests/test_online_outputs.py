@@ -10,7 +10,8 @@ import statistics
 import pytest
 
 from conftest import SMALL_SYNTHETIC, cli_main, small_config
-from selfdistill.analysis.evaluation import evaluate_saved_model, format_eval
+from selfdistill.analysis.eval_output import format_eval
+from selfdistill.analysis.evaluation import evaluate_saved_model
 from selfdistill.analysis.report import build_report, find_runs, group_runs, markdown_table, summarize
 from selfdistill.analysis.report_plots import curves_figure
 from selfdistill.engine import train
@@ -149,7 +150,7 @@ def cells(table):
 
 def test_report_shows_each_roles_and_the_ensembles_top1_over_seeds_blank_where_absent(runs, tmp_path):
     root = copy_runs(runs, tmp_path / "r", ["dml-s0", "dml-s1", "switokd", "ce"])
-    rows = {row["method"]: row for row in summarize(find_runs([root]))}
+    rows = {row["method"]: row for row in summarize(find_runs([root]).runs)}
     for metric in ("peer1", "ensemble"):
         values = [runs[n][1][f"{metric}_test_top1"] for n in ("dml-s0", "dml-s1")]
         assert rows["dml"][f"net.{metric}"] == pytest.approx((statistics.fmean(values), statistics.stdev(values)))
@@ -172,7 +173,7 @@ def test_report_without_online_runs_has_no_network_columns_and_reads_the_val_spl
     text = build_report([str(copy_runs(runs, tmp_path / "ce", ["ce"]))], None)
     header, _ = cells(text)
     assert not any(h.endswith(" top-1 %") for h in header) and "`<role> top-1 %`" not in text
-    (row,) = summarize(find_runs([copy_runs(runs, tmp_path / "val", ["dml-val"])]))
+    (row,) = summarize(find_runs([copy_runs(runs, tmp_path / "val", ["dml-val"])]).runs)
     metrics = runs["dml-val"][1]
     assert row["split"] == "val" and row["net.peer1"] == (metrics["peer1_val_top1"], None)
     assert row["net.ensemble"] == (metrics["ensemble_val_top1"], None)
@@ -196,7 +197,7 @@ def test_report_refuses_a_damaged_record_of_the_networks(runs, tmp_path, change,
 
 def test_report_figure_draws_each_network_and_the_ensemble_in_the_groups_colour(runs, tmp_path):
     root = copy_runs(runs, tmp_path / "r", ["dml-s0", "dml-s1", "switokd", "ce"])
-    fig = curves_figure(group_runs(find_runs([root])))
+    fig = curves_figure(group_runs(find_runs([root]).runs))
     dml, sw = "dml (2 seeds)", "switokd (1 seed)"
     assert [t.get_text() for t in fig.axes[-1].get_legend().get_texts()] == [
         "ce (1 seed)", f"{dml} · student", f"{dml} · peer1", f"{dml} · ensemble", f"{sw} · student",

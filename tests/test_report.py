@@ -88,7 +88,7 @@ def test_runs_that_differ_in_lr_method_option_batch_size_or_split_are_separate_g
     make_run(tmp_path, "val", sets=["data.validation_split=100"], top1=90.0)
     make_run(tmp_path, "dlb-a1", method="dlb", top1=83.0)
     make_run(tmp_path, "dlb-a05", method="dlb", sets=["method.alpha=0.5"], top1=84.0)
-    rows = table_rows(markdown_table(summarize(find_runs([tmp_path]))))
+    rows = table_rows(markdown_table(summarize(find_runs([tmp_path]).runs)))
     assert len(rows) == 6
     # only the fields that vary between groups are columns; DLB's temperature is the same wherever present
     assert list(rows[0])[:4] == ["dataset", "model", "method", "split"]
@@ -107,7 +107,7 @@ def test_runs_that_differ_in_lr_method_option_batch_size_or_split_are_separate_g
 def test_fields_that_do_not_change_results_do_not_split_a_group(tmp_path):
     make_run(tmp_path, "a", seed=0, sets=["train.threads=1", "train.eval_every=2", "data.data_dir=/x"])
     make_run(tmp_path, "b", seed=1, sets=["train.device=cpu", "data.eval_batch_size=7"])
-    (row,) = summarize(find_runs([tmp_path]))
+    (row,) = summarize(find_runs([tmp_path]).runs)
     assert row["seeds"] == 2 and row["fields"] == {}
 
 
@@ -126,7 +126,7 @@ def test_seeds_are_counted_distinct_and_a_duplicate_seed_is_flagged_and_averaged
 
 def test_overlapping_paths_find_each_run_once(tmp_path):
     make_run(tmp_path, "a", seed=0)
-    runs = find_runs([tmp_path, tmp_path / "a", tmp_path / "a" / "metrics.json"])
+    runs = find_runs([tmp_path, tmp_path / "a", tmp_path / "a" / "metrics.json"]).runs
     assert len(runs) == 1 and "duplicate" not in build_report([str(tmp_path), str(tmp_path / "a")], None)
 
 
@@ -147,7 +147,7 @@ def test_cli_form_keeps_dataset_first(tmp_path):
     # `selfdistill report` prints markdown_table(summarize(find_runs(paths))) until it calls build_report
     for seed in (0, 1):
         make_run(tmp_path, f"s{seed}", seed=seed)
-    line = markdown_table(summarize(find_runs([tmp_path]))).splitlines()[2]
+    line = markdown_table(summarize(find_runs([tmp_path]).runs)).splitlines()[2]
     assert line.startswith("| synthetic | mlp | ce | test |") and "| 2 |" in line and "±" in line
 
 
@@ -173,7 +173,7 @@ def test_group_labels_name_what_differs(tmp_path):
     make_run(tmp_path, "a", sets=["optim.lr=0.1"])
     make_run(tmp_path, "b", sets=["optim.lr=0.2"])
     make_run(tmp_path, "c", method="dlb", sets=["optim.lr=0.1"])
-    labels = sorted(g.label for g in group_runs(find_runs([tmp_path])))
+    labels = sorted(g.label for g in group_runs(find_runs([tmp_path]).runs))
     assert labels == ["ce lr=0.1", "ce lr=0.2", "dlb lr=0.1"]
 
 
@@ -181,7 +181,7 @@ def test_accuracy_curve_is_the_mean_and_std_over_seeds_per_epoch(tmp_path):
     make_run(tmp_path, "s0", seed=0, curve=(50.0, 80.0))
     make_run(tmp_path, "s1", seed=1, curve=(60.0, 90.0))
     make_run(tmp_path, "s1-again", seed=1, curve=(70.0, 90.0))  # averaged into seed 1 first: (65, 90)
-    (group,) = group_runs(find_runs([tmp_path]))
+    (group,) = group_runs(find_runs([tmp_path]).runs)
     curve = group_curve(group, "test_top1", group.label)
     assert curve.epochs == [1.0, 2.0] and curve.mean == [57.5, 85.0]
     assert curve.std == pytest.approx([statistics.stdev([50, 65]), statistics.stdev([80, 90])])
@@ -192,7 +192,7 @@ def test_unevaluated_epochs_are_left_out_of_the_curve(tmp_path):
     lines = (run / "log.csv").read_text().splitlines()
     lines[1] = "1,0.05,0.5,70,,,,1000,1.0,2000"  # epoch 1 not evaluated
     (run / "log.csv").write_text("\n".join(lines) + "\n")
-    (group,) = group_runs(find_runs([tmp_path]))
+    (group,) = group_runs(find_runs([tmp_path]).runs)
     curve = group_curve(group, "test_top1", group.label)
     assert curve.epochs == [2.0] and curve.mean == [80.0] and curve.std is None
 
@@ -200,11 +200,11 @@ def test_unevaluated_epochs_are_left_out_of_the_curve(tmp_path):
 def test_reliability_bins_are_pooled_over_seeds(tmp_path):
     make_run(tmp_path, "s0", seed=0, top1=80.0)
     make_run(tmp_path, "s1", seed=1, top1=90.0)
-    (group,) = group_runs(find_runs([tmp_path]))
+    (group,) = group_runs(find_runs([tmp_path]).runs)
     pooled = pooled_reliability(group)
     assert pooled["count"][13] == 200 and pooled["correct"][13] == 170 and pooled["confidence_sum"][13] == 180.0
     make_run(tmp_path, "s2", seed=2, with_rel=False)
-    (group,) = group_runs(find_runs([tmp_path]))
+    (group,) = group_runs(find_runs([tmp_path]).runs)
     assert pooled_reliability(group) is None
 
 
@@ -279,9 +279,9 @@ def test_runs_on_other_devices_or_process_counts_are_not_merged(tmp_path):
         metrics = json.loads((run / "metrics.json").read_text())
         metrics.update(device=device, world_size=processes, amp=device != "cpu", channels_last=device != "cpu")
         (run / "metrics.json").write_text(json.dumps(metrics))
-    groups = group_runs(find_runs([tmp_path]))
+    groups = group_runs(find_runs([tmp_path]).runs)
     assert sorted(len(g.seeds()) for g in groups) == [1, 1, 2]
-    table = markdown_table(summarize(find_runs([tmp_path])))
+    table = markdown_table(summarize(find_runs([tmp_path]).runs))
     assert "| device |" in table and "| processes |" in table and "| bf16 |" in table
 
 

@@ -31,7 +31,7 @@ def lines(ax):
 
 
 def groups_of(root):
-    return group_runs(find_runs([root]))
+    return group_runs(find_runs([root]).runs)
 
 
 # ----------------------------------------------------------------------------- legend labels

@@ -12,7 +12,11 @@ Evaluation covers the whole split once, unshuffled, in eval mode and fp32, under
 ``torch.inference_mode()``: top-1, top-5, NLL, ECE, per-class accuracy and the reliability bins.
 ``split="train"`` is the dataset's full training set with clean labels and no augmentation. Results go
 to ``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``out`` (default
-``<run dir>/eval-<dataset>-<split>/``).
+``<run dir>/eval-<dataset>-<split>/``; :mod:`.eval_output`), the classes named where the dataset has names.
+
+The card's architecture must be buildable here (ours, an entry point, an importable ``package.module:function``);
+one added with ``register_model`` in the training process is evaluated with ``model=`` naming the same factory
+(the card's options kept when it takes them), or loaded with :func:`selfdistill.load_model` after ``register_model``.
 
 A run of online distillation trained several networks: the student (``model.pt``) and one more per
 role (``peer1``, ``teacher``, ``branch``, ...; ``<role>.pt`` with its card ``<role>.json``, listed under
@@ -49,17 +53,17 @@ from ..engine.rundir import METRICS, network_files
 from ..engine.runtime import Precision
 from ..engine.validate import resolve
 from ..errors import UserError, one_line
-from ..fileio import atomic_write_json, atomic_write_text, make_output_folder, open_regular, read_small_file
+from ..fileio import open_regular, read_small_file
 from ..methods.base import ROLE_PATTERN, STUDENT
-from ..models import build_model, check_model_name
+from ..models import build_model, check_model_name, model_names, resolve_model_options
 from ..models.card import ModelCard, card_path, read_model_card, weights_sha256
 from ..models.teachers import DataShape, LoadedTeacher, TeacherSpec, load_teacher, parse_teacher, teacher_roles
+from ..models.user import is_spec
+from .eval_output import write_results
 from .metrics import EvalAccumulator, FidelityAccumulator
-from .plots import reliability_figure
 
 SPLITS = ("test", "train")
 WEIGHT_SUFFIXES = (".pt", ".pth")
-FILES = ("eval.json", "per_class.csv", "reliability.png")
 
 
 def locate_weights(target: str | Path, role: str | None = None) -> Path:
@@ -91,7 +95,7 @@ def run_roles(run: Path) -> list[str]:
     raw = read_small_file(where, str(where))
     try:
         metrics = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise UserError(f"{where} cannot be read, so the run's networks are not known ({one_line(exc)})") from None
     networks = metrics.get("networks") if isinstance(metrics, dict) else None
     if networks is not None and not (isinstance(networks, dict) and all(
@@ -138,7 +142,11 @@ def _run_data(weights: Path) -> DataConfig | None:
     saved = weights.parent / "config.yaml"
     if not saved.is_file():
         return None
-    return resolve([read_yaml_file(saved, str(saved))]).data
+    try:
+        return resolve([read_yaml_file(saved, str(saved))], recorded=True).data
+    except UserError as exc:
+        message = str(exc)
+        raise UserError(message if message.startswith(str(saved)) else f"{saved}: {message}") from None
 
 
 def _load_data(name: str, data_dir: str | None, card: ModelCard | None, run: DataConfig | None) -> ImageDataset:
@@ -159,11 +167,20 @@ def _load_data(name: str, data_dir: str | None, card: ModelCard | None, run: Dat
     return load_dataset(cfg)
 
 
+def _check_model(card: ModelCard | None, model: str | None, weights: Path) -> None:
+    """The architecture to build, ``model`` or the card's, must be one this process can build."""
+    if model is not None:
+        check_model_name(model, "--model")
+    elif card is not None:
+        check_architecture(card.model, weights, "evaluate it with --model package.module:function naming the same "
+                           "factory, register that factory as an entry point (group selfdistill.models), or load "
+                           f"it in Python with selfdistill.load_model after register_model({card.model!r}, ...)")
+
+
 def input_spec(card: ModelCard | None, model: str | None, data: ImageDataset, weights: Path) -> ModelCard:
     """What the model expects (the card, with ``model`` as its architecture when given; for weights
     without a card, what the dataset gives), checked against what the dataset gives."""
     name = model or card.model
-    check_model_name(name, "--model" if model else f"{card_path(weights)}: model")
     if card is None:
         return ModelCard(name, data.num_classes, data.in_channels, data.image_size, None, list(data.mean),
                          list(data.std), data.name, "", weights_sha256(weights))
@@ -178,7 +195,29 @@ def input_spec(card: ModelCard | None, model: str | None, data: ImageDataset, we
     if side != card.image_size:
         raise UserError(f"{where}: the model was trained on {card.image_size}x{card.image_size} inputs but "
                         f"{data.name} gives {side}x{side}; evaluate it on a dataset of that image size")
-    return dataclasses.replace(card, model=name, options=card.options if name == card.model else {})
+    return dataclasses.replace(card, model=name, options=_options_for(name, card))
+
+
+def _options_for(name: str, card: ModelCard) -> dict[str, Any]:
+    """The card's options for architecture ``name``: all of them when it is the card's own or takes them
+    (``--model pkg.mod:fn`` naming the factory a card's registered name stood for), else the defaults."""
+    if name == card.model:
+        return card.options
+    try:
+        return resolve_model_options(name, card.options)
+    except UserError:
+        return {}
+
+
+def check_architecture(name: str, weights: Path, instead: str) -> None:
+    """A one-line ``UserError`` naming the card of ``weights`` unless its architecture ``name`` can be built
+    here; a name this process does not know (one added with ``register_model`` in the process that trained
+    the model) says what to do ``instead``."""
+    where = f"{card_path(weights)}: model"
+    if not is_spec(name) and name not in model_names():
+        raise UserError(f"{where} {name!r} is not an architecture known here (a name added with register_model in "
+                        f"the process that trained it?); {instead}")
+    check_model_name(name, where)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -321,6 +360,7 @@ def evaluate_saved_model(target: str | Path, dataset: str | None = None, data_di
     run_device = resolve_eval_device(device)
     specs = [parse_teacher(entry, "--teacher") for entry in teachers or []]
     card = _card_or_overrides(weights, model, dataset)
+    _check_model(card, model, weights)
     state = load_weights(weights)  # before the dataset, which may take a download to find
     data = _load_data(dataset or card.dataset, data_dir, card, _run_data(weights))
     spec = input_spec(card, model, data, weights)
@@ -342,6 +382,7 @@ def evaluate_saved_model(target: str | Path, dataset: str | None = None, data_di
         "mean": spec.mean, "std": spec.std, "device": str(run_device),
         "top1": acc.top1(), "top5": acc.top5(), "top5_k": acc.k, "nll": acc.nll(), "ece": acc.ece(),
         "per_class_count": acc.class_counts(), "per_class_accuracy": acc.per_class_accuracy(),
+        "class_names": list(data.class_names) if data.class_names else None,
         "reliability": acc.reliability(),
     }
     if predictions is not None and fidelity is not None:
@@ -356,64 +397,3 @@ def _load_teachers(specs: list[TeacherSpec], spec: ModelCard) -> list[LoadedTeac
     normalisation."""
     shape = DataShape(spec.num_classes, spec.in_channels, spec.image_size, list(spec.mean), list(spec.std))
     return [load_teacher(teacher, shape, "--teacher") for teacher in specs]
-
-
-
-def write_results(folder: Path, result: dict[str, Any]) -> None:
-    """``eval.json``, ``per_class.csv`` and ``reliability.png`` in ``folder`` (created if needed; never through
-    a symlink at ``folder``, see :func:`~selfdistill.fileio.make_output_folder`)."""
-    rows = ["class,count,accuracy"]
-    for label, (n, acc) in enumerate(zip(result["per_class_count"], result["per_class_accuracy"])):
-        rows.append(f"{label},{n},{'' if acc is None else f'{acc:.4f}'}")
-    title = f"{result['model']} on {result['dataset']} {result['split']} ({result['images']:,} images)"
-    try:
-        make_output_folder(folder, "--out")
-        atomic_write_json(folder / "eval.json", result)
-        atomic_write_text(folder / "per_class.csv", "\n".join(rows) + "\n")
-        reliability_figure(folder / "reliability.png", result["reliability"], title)
-    except OSError as exc:
-        raise UserError(f"--out {folder}: cannot write the results there ({exc.strerror or one_line(exc)}); "
-                        f"choose another --out") from None
-
-
-def format_eval(result: dict[str, Any]) -> str:
-    """What ``selfdistill eval`` prints: the metrics, per-class accuracy, where the files went."""
-    role = f" (role {result['role']})" if result.get("run_roles") and len(result["run_roles"]) > 1 else ""
-    lines = [f"{result['target']}{role}: {result['model']} on {result['dataset']} {result['split']}",
-             f"  top-1   {result['top1']:6.2f} %",
-             f"  top-{result['top5_k']}   {result['top5']:6.2f} %",
-             f"  NLL     {result['nll']:8.4f}",
-             f"  ECE     {result['ece']:6.2f} %",
-             f"  images  {result['images']:,}",
-             *_format_teachers(result),
-             "per-class top-1 % (class: accuracy):"]
-    width = len(str(len(result["per_class_accuracy"]) - 1))
-    pairs = [f"{label:>{width}}: {'—' if acc is None else f'{acc:5.1f}'}"
-             for label, acc in enumerate(result["per_class_accuracy"])]
-    lines += ["  " + "   ".join(pairs[i:i + 8]) for i in range(0, len(pairs), 8)]
-    lines.append(f"wrote {', '.join(FILES)} to {result['out']}")
-    if role:
-        others = ", ".join(r for r in result["run_roles"] if r != result["role"])
-        lines.append(f"the run's other networks: {others} (`selfdistill eval RUN_DIR --role ROLE` evaluates one)")
-    return "\n".join(lines)
-
-
-def _format_teachers(result: dict[str, Any]) -> list[str]:
-    """The fidelity and teacher lines of :func:`format_eval` (none without teachers)."""
-    if "teachers" not in result:
-        return []
-    sources = ", ".join(f"{t['model']} ({t['path']})" for t in result["teachers"])
-    who = f"teacher {sources}" if len(result["teachers"]) == 1 else \
-        f"ensemble of {len(result['teachers'])} teachers (mean of probabilities): {sources}"
-    lines = [f"fidelity to the {who}:",
-             f"  agreement  {result['agreement']:6.2f} %   (same top-1 class)",
-             f"  KL         {max(result['teacher_kl'], 0.0):8.4f}   (KL(teacher || model), nats)",
-             "the teacher's own:" if len(result["teachers"]) == 1 else "the ensemble's own:",
-             f"  top-1   {result['teacher_top1']:6.2f} %",
-             f"  NLL     {result['teacher_nll']:8.4f}",
-             f"  ECE     {result['teacher_ece']:6.2f} %",
-             f"  entropy {result['teacher_entropy']:8.4f} nats (non-target classes: "
-             f"{result['teacher_nontarget_entropy']:.4f})"]
-    if "teachers_top1" in result:
-        lines.append("  members' top-1 %: " + ", ".join(f"{v:.2f}" for v in result["teachers_top1"]))
-    return lines

@@ -1,6 +1,7 @@
 """Tables and plots from run directories, merging only runs that are seeds of one experiment.
 
-Finished run directories are read by :mod:`.runs` (``config.yaml``, ``log.csv``, ``metrics.json``).
+Finished run directories are read by :mod:`.runs` (``config.yaml``, ``log.csv``, ``metrics.json``); one
+that cannot be read is left out and named under the table with the reason.
 
 Runs are grouped by their whole resolved config except the seed and the fields that change results
 only as another seed would (:data:`selfdistill.config.REPORT_IGNORED_FIELDS`). A group's row shows
@@ -343,15 +344,16 @@ def duplicate_notes(groups: list[Group]) -> list[str]:
 
 
 def build_report(paths: list[str], out: Path | None, plots: bool = True) -> str:
-    """The markdown report (table and notes) of the runs under ``paths``; with ``out``, also
-    ``report.md`` and, with ``plots``, the figures of :func:`~.report_plots.write_plots` in it (a folder
-    created if needed, never through a symlink at ``out``)."""
-    groups = group_runs(find_runs(paths))
+    """The markdown report (table and notes) of the runs under ``paths`` (one that cannot be read named in a
+    note); with ``out``, also ``report.md`` and, with ``plots``, the figures of
+    :func:`~.report_plots.write_plots` in it (a folder created if needed, never through a symlink at ``out``)."""
+    found = find_runs(paths)
+    groups = group_runs(found.runs)
     rows = [summary_row(g) for g in groups]
     table = markdown_table(rows)
     notes = ["final epoch; mean ± std over distinct seeds (std with 2 or more); `split`: test set, or `val`, "
              "a validation split held out of the training set", *fidelity_notes(rows), *network_notes(rows),
-             *duplicate_notes(groups)]
+             *duplicate_notes(groups), *found.notes()]
     if out is None:
         return _document(table, notes)
     out = Path(out)

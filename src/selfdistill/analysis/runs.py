@@ -1,6 +1,12 @@
 """Reading finished run directories: ``metrics.json`` (the final evaluation), ``log.csv`` (one row per
 epoch) and ``config.yaml`` (the resolved config), each checked so that a damaged file is one ``UserError``
-naming it.
+naming it. :func:`find_runs` reads every run under some folders and sets aside, each with its reason, those
+that cannot be read, so that one damaged run does not hide the others.
+
+A run's architecture need not be buildable here: ``report`` builds no network, so a run of a model added
+with ``register_model`` in another process, or of a user's module not importable here, reads as any other
+(its config keeps the options it recorded). A ``log.csv`` row without an epoch number is left out of the
+run's log and counted in ``log_rows_skipped``.
 
 A run is evaluated on the test set or, with ``data.validation_split``, on a held-out validation split:
 ``metrics.json`` names it in ``eval_split`` (``test`` or ``val``; runs of older versions have no
@@ -13,7 +19,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from ..config import parse_yaml
 from ..engine.validate import resolve
@@ -84,19 +90,32 @@ def _read_text(run: Path, name: str, limit: int = METADATA_LIMIT) -> str:
         raise UserError(f"{run}: {name} is not UTF-8 text") from None
 
 
+# what a run records about where it ran (grouped on, see report.run_fields): (check, what is allowed)
+RUN_FIELDS = {"device": (lambda v: isinstance(v, str), "a device name such as 'cpu' or 'cuda:0'"),
+              "world_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+              "amp": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+              "channels_last": (lambda v: v is None or isinstance(v, bool), "true, false or null")}
+
+
 def _read_metrics(run: Path) -> dict[str, Any]:
     where = f"{run}: metrics.json"
     try:
         metrics = json.loads(_read_text(run, "metrics.json"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{where} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise UserError(f"{where} is not a metrics file (JSON nested too deeply)") from None
     if not isinstance(metrics, dict):
         raise UserError(f"{where} must hold a JSON object, found {type(metrics).__name__}")
+    for key, (check, allowed) in RUN_FIELDS.items():
+        if key in metrics and not check(metrics[key]):
+            raise UserError(f"{where}: '{key}' is {_shorten(metrics[key])}; allowed: {allowed}")
     split = eval_split(metrics)
     if not isinstance(split, str) or not split.isidentifier():
-        raise UserError(f"{where}: eval_split={split!r} is not a split name such as 'test' or 'val'")
+        raise UserError(f"{where}: eval_split={_shorten(split)} is not a split name such as 'test' or 'val'")
     teachers = metrics.get("teachers") or []
-    if not (isinstance(teachers, list) and all(isinstance(t, dict) for t in teachers)):
+    if not (isinstance(teachers, list) and all(isinstance(t, dict) and isinstance(t.get("model"), str)
+                                               for t in teachers)):
         raise UserError(f"{where}: 'teachers' must be a list of {{path, model, weights, sha256}} objects")
     networks = metrics.get("networks") or {}
     if not (isinstance(networks, dict) and all(isinstance(r, str) and r.isidentifier() and r != ENSEMBLE
@@ -112,10 +131,19 @@ def _read_metrics(run: Path) -> dict[str, Any]:
                 "not a metrics file of a finished selfdistill run"
             raise UserError(f"{where} lacks '{key}' ({why})")
         if not _finite(metrics[key]):
-            raise UserError(f"{where}: '{key}' is {metrics[key]!r}, not a finite number")
+            raise UserError(f"{where}: '{key}' is {_shorten(metrics[key])}, not a finite number")
     if "reliability" in metrics:
         _check_reliability(where, metrics["reliability"])
     return metrics
+
+
+def _shorten(value: Any) -> str:
+    """``repr(value)``, cut to a length that fits in a one-line message."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "a value nested too deeply"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_reliability(where: str, rel: Any) -> None:
@@ -129,7 +157,9 @@ def _check_reliability(where: str, rel: Any) -> None:
                         f"per bin")
 
 
-def _read_log(run: Path, split: str) -> list[dict[str, float | None]]:
+def _read_log(run: Path, split: str) -> tuple[list[dict[str, float | None]], int]:
+    """The rows of ``log.csv`` as numbers (None where empty), and how many rows were left out for want of an
+    epoch number."""
     try:
         rows = list(csv.DictReader(_read_text(run, "log.csv", LONG_TEXT_LIMIT).splitlines()))
     except csv.Error as exc:
@@ -139,14 +169,19 @@ def _read_log(run: Path, split: str) -> list[dict[str, float | None]]:
     missing = [c for c in ("epoch", f"{split}_top1") if c not in rows[0]]
     if missing:
         raise UserError(f"{run}: log.csv has no '{missing[0]}' column (not the log of a finished selfdistill run)")
-    out = []
+    out, skipped = [], 0
     for number, row in enumerate(rows, start=2):
         try:
-            out.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+            values = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
         except (TypeError, ValueError):
             bad = next(k for k, v in row.items() if not _parses(v))
             raise UserError(f"{run}: log.csv line {number}, column '{bad}': {row[bad]!r} is not a number") from None
-    return out
+        epoch = values["epoch"]
+        if epoch is None or not math.isfinite(epoch):
+            skipped += 1
+        else:
+            out.append(values)
+    return out, skipped
 
 
 def _parses(value: Any) -> bool:
@@ -161,24 +196,46 @@ def _read_config(run: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"{run}: config.yaml must be a mapping of sections")
     try:
-        return resolve([raw]).to_dict()
+        return resolve([raw], recorded=True).to_dict()
     except UserError as exc:
         raise UserError(f"{run}: config.yaml: {exc}") from None
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
-    """``metrics.json`` of a finished run plus ``log`` (its ``log.csv`` rows, numbers or None),
-    ``config`` (the resolved config as a dict) and ``run_dir``; anything malformed is a UserError."""
+    """``metrics.json`` of a finished run plus ``log`` (its ``log.csv`` rows, numbers or None; rows without
+    an epoch number left out and counted in ``log_rows_skipped``), ``config`` (the resolved config as a dict)
+    and ``run_dir``; anything malformed is a UserError."""
     run = Path(path)
     metrics = _read_metrics(run)
-    metrics["log"] = _read_log(run, eval_split(metrics))
+    metrics["log"], metrics["log_rows_skipped"] = _read_log(run, eval_split(metrics))
     metrics["config"] = _read_config(run)
     metrics["run_dir"] = str(run)
     return metrics
 
 
-def find_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Every finished run (a directory with ``metrics.json``) at or below the given paths, each once."""
+class SkippedRun(NamedTuple):
+    """A run directory that could not be read, and why (a one-line message naming it and the file)."""
+
+    run_dir: str
+    reason: str
+
+
+class FoundRuns(NamedTuple):
+    """The runs read (see :func:`load_run`) and those set aside."""
+
+    runs: list[dict[str, Any]]
+    skipped: list[SkippedRun]
+
+    def notes(self) -> list[str]:
+        """What a report says under its table of what it could not use: the rows without an epoch number of
+        each run's ``log.csv`` (left out of its accuracy curve), and each run skipped, with the reason."""
+        return [*_log_notes(self.runs), *(f"skipped {_naming(s)}" for s in self.skipped)]
+
+
+def find_runs(paths: Iterable[str | Path]) -> FoundRuns:
+    """Every finished run (a directory with ``metrics.json``) at or below the given paths, each once; a run
+    that cannot be read is set aside with its reason rather than stopping the others. A path that does not
+    exist, or that holds no run, or only runs that cannot be read, is a ``UserError``."""
     paths = list(paths)
     found: dict[Path, Path] = {}  # resolved -> as found, so overlapping paths never list a run twice
     for path in paths:
@@ -194,6 +251,33 @@ def find_runs(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             found.setdefault(d.resolve(), d)
     if not found:
         raise UserError(f"no finished runs (metrics.json) under {', '.join(map(str, paths))}")
-    return [load_run(d) for d in found.values()]
+    result = FoundRuns([], [])
+    for d in found.values():
+        try:
+            result.runs.append(load_run(d))
+        except UserError as exc:
+            result.skipped.append(SkippedRun(str(d), str(exc)))
+    if not result.runs:
+        raise _no_readable_runs(paths, result.skipped)
+    return result
 
 
+def _log_notes(runs: list[dict[str, Any]]) -> list[str]:
+    """A note per run whose ``log.csv`` has rows without an epoch number (left out of its accuracy curve)."""
+    return [f"`{r['run_dir']}`: {r['log_rows_skipped']} row{'s' if r['log_rows_skipped'] > 1 else ''} of log.csv "
+            "without an epoch number left out of the accuracy curve" for r in runs if r.get("log_rows_skipped")]
+
+
+def _naming(skipped: SkippedRun) -> str:
+    """The reason a run was skipped, starting with the run's directory."""
+    reason = one_line(skipped.reason)
+    return reason if reason.startswith(skipped.run_dir) else f"{skipped.run_dir}: {reason}"
+
+
+def _no_readable_runs(paths: list[str | Path], skipped: list[SkippedRun]) -> UserError:
+    """The one-line error when every run under ``paths`` is damaged: the reason of each (the first three)."""
+    if len(skipped) == 1:
+        return UserError(_naming(skipped[0]))
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return UserError(f"none of the {len(skipped)} runs under {', '.join(map(str, paths))} can be read: "
+                     + "; ".join(map(_naming, skipped[:3])) + more)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..analysis.evaluation import evaluate_saved_model, format_eval
+from ..analysis.eval_output import format_eval
+from ..analysis.evaluation import evaluate_saved_model
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:

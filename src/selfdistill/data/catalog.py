@@ -11,6 +11,7 @@ import torch
 from ..config import DataConfig
 from ..errors import UserError
 from .cifar import read_cifar_split
+from .classes import CIFAR10, FASHION_MNIST, folder_class_names
 from .dataset import AugmentDefaults, ImageDataset, channel_stats
 from .idx import read_idx
 from .image_folder import read_image_folder
@@ -99,6 +100,10 @@ def _tiny(cfg: DataConfig) -> Arrays:
     return read_image_folder(files["wnids.txt"].parent, cfg.image_size)
 
 
+def _tiny_names(cfg: DataConfig) -> tuple[str, ...]:
+    return folder_class_names(locate(SOURCES["tiny-imagenet"], cfg.data_dir, cfg.download)["wnids.txt"].parent)
+
+
 def _synthetic(cfg: DataConfig) -> Arrays:
     return (*make_synthetic(cfg.synthetic), cfg.synthetic.num_classes)
 
@@ -110,6 +115,7 @@ class DatasetInfo:
     augment: AugmentDefaults
     mean: tuple[float, ...] | None = None  # None: computed from the training images
     std: tuple[float, ...] | None = None
+    class_names: Callable[[DataConfig], tuple[str, ...] | None] = lambda cfg: None  # see classes.py
     slice_of: str | None = None  # the dataset whose images and classes these are a part of (splits kept apart)
 
 
@@ -117,17 +123,18 @@ FASHION_STATS = ((0.2860,), (0.3530,))
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist-mini": DatasetInfo(_bundled, "6,000/2,000-image class-balanced Fashion-MNIST slice bundled "
                                       "with the package (MIT licence)", AugmentDefaults(2, True), *FASHION_STATS,
-                                      slice_of="fashion-mnist"),
+                                      lambda cfg: FASHION_MNIST, slice_of="fashion-mnist"),
     "fashion-mnist": DatasetInfo(_idx("fashion-mnist"), "Fashion-MNIST, 60k/10k 28x28 grey, 10 classes",
-                                 AugmentDefaults(2, True), *FASHION_STATS),
+                                 AugmentDefaults(2, True), *FASHION_STATS, lambda cfg: FASHION_MNIST),
     "mnist": DatasetInfo(_idx("mnist"), "MNIST digits, 60k/10k 28x28 grey (no flips)", AugmentDefaults(2, False),
                          (0.1307,), (0.3081,)),
     "cifar10": DatasetInfo(_cifar("cifar10", "labels", 10), "CIFAR-10, 50k/10k 32x32 colour",
-                           AugmentDefaults(4, True), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+                           AugmentDefaults(4, True), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           lambda cfg: CIFAR10),
     "cifar100": DatasetInfo(_cifar("cifar100", "fine_labels", 100), "CIFAR-100, 50k/10k 32x32 colour, 100 classes",
                             AugmentDefaults(4, True), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tiny-imagenet": DatasetInfo(_tiny, "Tiny-ImageNet-200 image folders, decoded at data.image_size (32)",
-                                 AugmentDefaults(4, True, resized_crop=True)),
+                                 AugmentDefaults(4, True, resized_crop=True), class_names=_tiny_names),
     "synthetic": DatasetInfo(_synthetic, "learnable random prototypes + noise, shape from data.synthetic (tests)",
                              AugmentDefaults(2, True)),
 }
@@ -184,8 +191,10 @@ def load_dataset(cfg: DataConfig | str, seed: int = 0) -> ImageDataset:
         clean = train_y
         train_y = symmetric_noise(train_y, cfg.label_noise, num_classes, _generator(seed + 104729))
     mean, std = (info.mean, info.std) if info.mean is not None else channel_stats(train_x)
+    names = info.class_names(cfg)
     return ImageDataset(cfg.dataset, train_x.contiguous(), train_y, test_x.contiguous(), test_y, num_classes,
-                        tuple(mean), tuple(std), info.augment, clean)
+                        tuple(mean), tuple(std), info.augment, clean,
+                        names if names is not None and len(names) == num_classes else None)
 
 
 def _generator(seed: int) -> torch.Generator:

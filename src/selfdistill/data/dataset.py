@@ -34,6 +34,7 @@ class ImageDataset:
     std: tuple[float, ...]
     augment: AugmentDefaults = AugmentDefaults()
     clean_train_labels: torch.Tensor | None = None
+    class_names: tuple[str, ...] | None = None  # one per class, in label order; None: only their numbers
 
     @property
     def in_channels(self) -> int:

@@ -17,18 +17,24 @@ from ..config import Config, build_config
 from ..data import check_dataset_name
 from ..errors import UserError
 from ..methods import check_method_fits, resolve_method
-from ..models import resolve_model_options
+from ..models import is_model_name, resolve_model_options
 from ..models.teachers import parse_teacher
 
 
-def resolve(layers: list[dict[str, Any]]) -> Config:
+def resolve(layers: list[dict[str, Any]], recorded: bool = False) -> Config:
     """Merge override layers onto the defaults, build the config and check it whole (one ``UserError``
-    naming the first field that is wrong)."""
+    naming the first field that is wrong).
+
+    ``recorded``: the config of a finished run, read for its settings (``report``, ``eval``), which builds no
+    network: an architecture this process cannot build (a name added with ``register_model`` in the process
+    that trained it, a user's module not importable here) keeps the options the run recorded instead of
+    failing."""
     config = build_config(layers)
     config.method = resolve_method(config.method)
     config.teachers = [parse_teacher(entry, f"teachers[{k}]").to_dict() for k, entry in enumerate(config.teachers)]
     check_dataset_name(config.data.dataset)
-    config.model.options = resolve_model_options(config.model.name, config.model.options)  # checks the name too
+    if not (recorded and not is_model_name(config.model.name)):
+        config.model.options = resolve_model_options(config.model.name, config.model.options)  # checks the name too
     check_method_fits(config.method, len(config.teachers), config.data.batch_size)
     return config
 

@@ -112,6 +112,8 @@ def _read_json(path: Path) -> Any:
         raise UserError(f"{path}: not a model card (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not a model card (not valid JSON: {exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not a model card (JSON nested too deeply)") from None
 
 
 def _check_format(path: Path, raw: Any) -> None:
