@@ -3,7 +3,7 @@
 ``accuracy.png`` (``accuracy-<dataset>.png`` when the runs span several datasets) holds the evaluated
 top-1, NLL and ECE per epoch, one panel each, a line per group: the mean over its distinct seeds (duplicate
 runs of a seed averaged first), with a band of ± one std where it has two seeds or more. Lines are
-labelled by what tells the groups of that figure apart (:func:`~.report.legend_labels`). An online run's
+labelled by what tells the groups of that figure apart (:func:`~.groups.legend_labels`). An online run's
 other networks (its peers, an online teacher, a branch) and their ensemble are drawn in its group's colour
 with other line styles; the frozen teachers of a run with teachers are a horizontal line at their figure
 (the mean over seeds), named in the legend.
@@ -22,9 +22,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .groups import Group, legend_labels, mean_std
 from .metrics import ece_from_reliability
 from .plots import Curve, Diagram, Panel, Reference, curve_figure, reliability_grid_figure, save_png
-from .report import Group, legend_labels, mean_std
 from .runs import ENSEMBLE, has_teachers, network_roles
 
 PANELS = (("top1", "top-1 (%)"), ("nll", "NLL"), ("ece", "ECE (%)"))
