@@ -1,5 +1,5 @@
-"""A shared CPU: the command line makes OpenMP's idle threads sleep (set before torch loads), and the start line
-says when other work keeps the machine busy."""
+"""A shared CPU: on a busy machine the command line makes OpenMP's idle threads sleep (set before torch loads),
+and the start line says when other work keeps the machine busy."""
 
 from __future__ import annotations
 
@@ -84,18 +84,24 @@ POLICY_AT_TORCH_IMPORT = textwrap.dedent("""
             return None
 
     sys.meta_path.insert(0, Watch())
+    load = float(sys.argv[1])
+    os.getloadavg = lambda: (load, load, load)  # the machine's load at start
     from selfdistill import cli
-    code = cli.main(sys.argv[1:])
+    code = cli.main(sys.argv[2:])
     print("policy when torch loaded:", seen[0] if seen else "torch not loaded", file=sys.stderr)
 """)
 
 
-@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_the_command_line_makes_idle_threads_sleep_before_torch_loads(preset, expected):
+@pytest.mark.parametrize("load, preset, expected", [
+    (1000.0, None, "PASSIVE"),  # busy: idle threads sleep
+    (0.0, None, "unset"),  # quiet: OpenMP's default spin, faster there
+    (1000.0, "ACTIVE", "ACTIVE"),  # the user's choice stands
+])
+def test_on_a_busy_machine_the_command_line_makes_idle_threads_sleep_before_torch_loads(load, preset, expected):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if preset:
-        env["OMP_WAIT_POLICY"] = preset  # the user's choice stands
-    done = subprocess.run([sys.executable, "-c", POLICY_AT_TORCH_IMPORT, "models"], env=env, cwd=ROOT,
+        env["OMP_WAIT_POLICY"] = preset
+    done = subprocess.run([sys.executable, "-c", POLICY_AT_TORCH_IMPORT, str(load), "models"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"policy when torch loaded: {expected}" in done.stderr

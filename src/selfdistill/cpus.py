@@ -6,8 +6,9 @@ spin for a while before they sleep. When other work holds some of the CPUs, a sp
 from the thread that has work, and a step waits on a thread that is not running: on a busy 2-core machine
 two threads trained cnn 3-5x slower than one (``benchmarks/busy_threads.py``, BENCHMARKS.md "Threads on a
 busy CPU"). Under ``OMP_WAIT_POLICY=PASSIVE`` they sleep at once and two threads trained at least as fast as
-one. OpenMP reads the variable once, when it loads with torch, so it is set (unless the user set it) by
-:func:`prefer_passive_wait` before anything imports torch. The thread count itself is left alone by the load:
+one; on a quiet machine spinning is faster. OpenMP reads the variable once, when it loads with torch, so
+:func:`prefer_passive_wait` sets it, when the machine is busy and the user has not set it, before anything
+imports torch. The thread count itself is left alone by the load:
 it is part of a run's result, and a count that followed the load would differ between a run and its resume.
 """
 
@@ -75,10 +76,14 @@ def _cpu_quota() -> int | None:
 
 
 def prefer_passive_wait() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` for this process and its children unless the user chose a policy or
-    torch (and with it OpenMP) has already loaded, when setting it would change nothing. Returns whether it
-    was set here."""
-    if WAIT_POLICY in os.environ or "torch" in sys.modules:
+    """On a busy machine (:func:`machine_busy` for the threads ``auto`` would take), set
+    ``OMP_WAIT_POLICY=PASSIVE`` for this process and its children, unless the user chose a policy or torch (and
+    with it OpenMP) has already loaded, when setting it would change nothing. Returns whether it was set here.
+
+    Only on a busy machine: on a quiet one, spinning threads trained cnn faster than sleeping ones
+    (BENCHMARKS.md, "Threads on a busy CPU"). The load is read once, at start; a machine that becomes busy
+    later keeps the policy the run started with."""
+    if WAIT_POLICY in os.environ or "torch" in sys.modules or not machine_busy(auto_threads()[0]):
         return False
     os.environ[WAIT_POLICY] = "PASSIVE"
     return True
