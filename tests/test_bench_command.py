@@ -31,8 +31,9 @@ def test_bench_prints_the_table_and_writes_nothing(capsys, tmp_path, monkeypatch
     lines = out.splitlines()
     assert lines[0] == "ce on synthetic with mlp, batch 16: medians of 1 rounds of 2 steps (after 1 warm-up round)"
     rows = {name: line for line in lines for name in ("train (engine)", "train (bare loop)", "engine / bare",
-                                                      "eval (engine)") if line.startswith(name)}
-    assert len(rows) == 4
+                                                      "step overhead", "eval (engine)") if line.startswith(name)}
+    assert len(rows) == 5
+    assert "µs per step: engine " in rows["step overhead"] and "% of the bare step)" in rows["step overhead"]
     assert "16 rows forwarded per step" in rows["train (engine)"]
     assert "32 test images, batch 32" in rows["eval (engine)"]
     assert "machine: cpu (" in out and ", 1 thread, " in out
@@ -53,6 +54,14 @@ def test_bench_json_has_every_figure(capsys, tmp_path, monkeypatch):
         assert len(result["rounds"][key]) == 2 and all(v > 0 for v in result["rounds"][key])
     assert result["train_images_per_s"] == pytest.approx(sum(result["rounds"]["train"]) / 2)  # median of two
     assert result["engine_over_bare"] == pytest.approx(result["train_images_per_s"] / result["bare_images_per_s"])
+    for key in ("train_step_us", "bare_step_us"):  # medians of the rounds' times per step
+        assert len(result["rounds"][key]) == 2 and result[key] == pytest.approx(sum(result["rounds"][key]) / 2)
+    assert result["step_overhead_us"] == pytest.approx(result["train_step_us"] - result["bare_step_us"])
+    assert result["step_overhead_of_bare"] == pytest.approx(result["step_overhead_us"] / result["bare_step_us"])
+    # 2 steps of 16 images a round: a step's time is the round's time over its steps, on both sides
+    for speed, step in (("train", "train_step_us"), ("bare", "bare_step_us")):
+        for images_per_s, us in zip(result["rounds"][speed], result["rounds"][step]):
+            assert us == pytest.approx(1e6 * 16 / images_per_s, rel=1e-6)
 
 
 def test_bench_counts_every_forwarded_row_and_never_more_steps_than_the_data(capsys, tmp_path, monkeypatch):

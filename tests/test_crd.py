@@ -122,7 +122,7 @@ def test_loss_is_the_nce_of_scores_against_the_memory_before_the_update(feat_dim
         terms = method.losses(out, batch)
         assert torch.equal(method.memory_s, memory_s) and torch.equal(method.memory_t, memory_t)  # scored first
         valid = idx >= 0  # the row without a training index takes no part
-        contrast = drawn[-1]
+        contrast = drawn[-1][valid]  # every row is drawn for (fixed shapes); the others are masked out
         assert torch.equal(contrast[:, 0], idx[valid])
         with torch.no_grad():
             v_s = F.normalize(method.embed_s.linear(out.features[FEATURE][valid]), dim=1)

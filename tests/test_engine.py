@@ -9,7 +9,7 @@ import torch
 from conftest import ctrl_c_in_epoch, small_config
 from selfdistill.config import ScheduleConfig
 from selfdistill.engine import Trainer, train
-from selfdistill.engine.optim import LRSchedule
+from selfdistill.engine.optim import LRSchedule, step_kernels
 from selfdistill.engine.trainer import Interrupted
 from selfdistill.errors import TrainingDiverged, UserError
 from selfdistill.methods import Method, MethodStack
@@ -169,3 +169,21 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(capsys):
     silent = Progress(False, is_main=False)
     silent.end_epoch(row, ("ce",), 1)
     assert capsys.readouterr().out == ""  # other ranks print nothing
+
+
+@pytest.mark.parametrize("optim", [{"name": "sgd", "nesterov": True, "weight_decay": 5e-4},
+                                   {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}], ids=["sgd", "adamw"])
+def test_optimisers_step_every_parameter_at_once_with_the_same_weights_as_one_by_one(optim, monkeypatch):
+    """foreach on a CPU (fused on CUDA): fewer calls per step, and on a CPU bit for bit the per-parameter step,
+    so resumed and repeated runs keep matching across the change."""
+    assert step_kernels(torch.device("cuda")) == {"fused": True}
+    weights = []
+    for kernels in (None, {"foreach": False}):
+        if kernels is not None:
+            monkeypatch.setattr("selfdistill.engine.optim.step_kernels", lambda device, kernels=kernels: kernels)
+        trainer = Trainer(small_config(method={"name": "dml"}, optim=optim, model={"name": "cnn"},
+                                       train={"threads": 1}))
+        assert all(net.optimizer.defaults["foreach"] is (kernels is None) for net in trainer.nets)
+        trainer.train_epoch(0)
+        weights.append([p.detach().clone() for net in trainer.nets for p in net.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

@@ -19,8 +19,10 @@ flags, ``--config`` and ``--set`` (no ``--out``: nothing is written). What is ti
   network, at ``data.eval_batch_size``) over as many test images as a training round has.
 
 The three alternate within each round; the first round is a warm-up and is not counted; each figure
-is the median over ``repeats`` rounds. Timings on a busy machine are indicative only, so the output
-gives the 1-minute load average beside them.
+is the median over ``repeats`` rounds. The **step overhead** is the engine's time per step less the bare
+loop's, in µs (medians): at a tiny model and batch, where the model's own compute is negligible, it is
+what the engine adds to every step (the method's extra work included). Timings on a busy machine are
+indicative only, so the output gives the 1-minute load average beside them.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class BareLoop:
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg.role_optim("student"))
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.teachers = trainer.teachers  # the FrozenNetwork objects the engine's step calls, folded and compiled alike
+        self.step_seconds = 0.0  # the last run's time per step
 
     def run(self, round: int) -> float:
         """One pass over the training subset; returns images/s."""
@@ -98,7 +101,9 @@ class BareLoop:
             self.optimizer.step()
             rows += len(idx)
         synchronize(dev)
-        return rows / (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self.step_seconds = seconds / max(len(batches), 1)
+        return rows / seconds
 
 
 def run_bench(config: Config, steps: int, repeats: int, say: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -119,7 +124,7 @@ def run_bench(config: Config, steps: int, repeats: int, say: Callable[[str], Non
         teacher_eval = teacher_predictions([t.logits for t in trainer.teachers], images, labels, d.num_classes,
                                            trainer.augment, cfg.data.eval_batch_size, trainer.precision)
     networks = {net.role: net.model for net in trainer.nets}
-    rounds: dict[str, list[float]] = {"train": [], "bare": [], "eval": []}
+    rounds: dict[str, list[float]] = {"train": [], "bare": [], "eval": [], "train_step_us": [], "bare_step_us": []}
     rows_per_step = 0.0
     for r in range(repeats + 1):
         bare_speed = bare.run(r)
@@ -138,14 +143,19 @@ def run_bench(config: Config, steps: int, repeats: int, say: Callable[[str], Non
             rounds["train"].append(train_speed)
             rounds["bare"].append(bare_speed)
             rounds["eval"].append(eval_speed)
+            rounds["train_step_us"].append(1e6 * result.seconds / trainer.steps)
+            rounds["bare_step_us"].append(1e6 * bare.step_seconds)
             rows_per_step = result.rows / trainer.steps
     train, bare_median = statistics.median(rounds["train"]), statistics.median(rounds["bare"])
+    train_step, bare_step = statistics.median(rounds["train_step_us"]), statistics.median(rounds["bare_step_us"])
     return {
         "method": trainer.method.name, "model": cfg.model.name, "dataset": cfg.data.dataset,
         "batch_size": cfg.data.batch_size, "eval_batch_size": cfg.data.eval_batch_size, "steps": trainer.steps,
         "rows_per_step": rows_per_step, "repeats": repeats, "eval_images": n_eval,
         "train_images_per_s": train, "bare_images_per_s": bare_median, "engine_over_bare": train / bare_median,
         "bare_loop": bare_loop_steps(len(trainer.teachers)),
+        "train_step_us": train_step, "bare_step_us": bare_step, "step_overhead_us": train_step - bare_step,
+        "step_overhead_of_bare": (train_step - bare_step) / bare_step,
         "eval_images_per_s": statistics.median(rounds["eval"]), "rounds": rounds,
         "teachers": [t.role for t in trainer.teachers], "networks": list(networks),
         **machine(dev), "amp": trainer.precision.amp, "channels_last": trainer.precision.channels_last,
@@ -195,6 +205,8 @@ def format_bench(r: dict[str, Any]) -> str:
         f"step{extra}",
         f"{'train (bare loop)':<18}{r['bare_images_per_s']:>10,.0f}   {r['bare_loop']}",
         f"{'engine / bare':<18}{r['engine_over_bare']:>10.2f}",
+        f"{'step overhead':<18}{r['step_overhead_us']:>10,.0f}   µs per step: engine {r['train_step_us']:,.0f} − bare "
+        f"loop {r['bare_step_us']:,.0f} µs ({100 * r['step_overhead_of_bare']:+.0f} % of the bare step)",
         f"{'eval (engine)':<18}{r['eval_images_per_s']:>10,.0f}   {r['eval_images']:,} test images, batch "
         f"{r['eval_batch_size']}",
         "",

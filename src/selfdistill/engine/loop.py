@@ -34,6 +34,17 @@ class EpochResult:
     seconds: float
 
 
+@dataclass
+class StepSums:
+    """An epoch's running figures: device tensors the steps add to without reading them, and row counts."""
+    terms: torch.Tensor
+    stats: torch.Tensor
+    correct: torch.Tensor
+    finite: torch.Tensor
+    rows: int = 0  # forwarded, extra rows included
+    new_rows: int = 0  # the loader's
+
+
 class EpochLoop:
     """Trains one epoch (the second part of :class:`~.trainer.Trainer`)."""
 
@@ -53,62 +64,75 @@ class EpochLoop:
         return self.precision.inputs(inputs)
 
     def train_epoch(self, epoch: int) -> EpochResult:
-        cfg, d, dev = self.config, self.data, self.device
+        cfg, dev = self.config, self.device
         torch.manual_seed(derive_seed(cfg.train.seed, "torch", epoch, self.ctx.rank))
         aug_gen = torch.Generator(device=dev).manual_seed(derive_seed(cfg.train.seed, "augment", epoch, self.ctx.rank))
         batches = self._epoch_batches(epoch)
         self.method.start_epoch(epoch)
         for net in self.nets:
             net.train()
-        names, stat_names, rounds = self.method.term_names, self.method.stat_names, self.method.rounds
-        term_sums = torch.zeros(len(names), device=dev)
-        stat_sums = torch.zeros(len(stat_names), device=dev)
-        correct = torch.zeros((), device=dev)
-        finite = torch.ones((), dtype=torch.bool, device=dev)
-        rows = new_rows = 0
+        sums = StepSums(torch.zeros(len(self.method.term_names), device=dev),
+                        torch.zeros(len(self.method.stat_names), device=dev), torch.zeros((), device=dev),
+                        torch.ones((), dtype=torch.bool, device=dev))
         self.progress.start_epoch(epoch, cfg.train.epochs, len(batches))
         synchronize(dev)
         start = time.perf_counter()
         for step, idx in enumerate(batches):
-            for net in self.nets:
-                net.schedule.apply(net.optimizer, epoch, step)
-            idx = idx.to(dev, non_blocking=True)
-            batch = Batch.new(d.train_images[idx], d.train_labels[idx], idx)
-            if self.mixer is not None:
-                batch.mix = self.mixer.draw(batch.images, batch.labels, aug_gen)
-            batch = self.method.extend(batch)
-            batch.inputs = self._inputs(batch, aug_gen)
-            teachers = {teacher.role: teacher(batch.inputs) for teacher in self.teachers}
-            for round in range(rounds):
-                out, terms, loss = self._round(batch, teachers, round)
-                with torch.no_grad():
-                    term_sums += torch.stack([t.detach().float() for t in terms.values()]) / rounds
-            self.method.update(out, batch)  # after backward: state it changes in place may be in the graph (CRD)
-
-            with torch.no_grad():
-                if stat_names:
-                    stats = self.method.stats()
-                    stat_sums += torch.stack([stats[n].detach().float().to(dev) for n in stat_names])
-                new = batch.parts["new"]
-                correct += (out.logits[new].argmax(1) == batch.labels[new]).sum()
-                finite &= torch.isfinite(loss.detach())
-            rows += len(batch)
-            new_rows += new.stop - new.start
-            if (step + 1) % CHECK_EVERY == 0 or step + 1 == len(batches):
-                if not self.ctx.enabled and not bool(finite):
-                    raise TrainingDiverged(f"the loss became non-finite in epoch {epoch + 1} near step {step + 1}")
-                if self.progress.wants_stats:
-                    self.progress.update(step + 1, {"loss": float(term_sums.sum() / (step + 1)),
-                                                    "acc": 100.0 * float(correct) / max(new_rows, 1)})
-            if self.progress.status_due():
-                self.progress.status(step + 1, {"loss": float(term_sums.sum() / (step + 1)), "images": rows,
-                                                "acc": 100.0 * float(correct) / max(new_rows, 1)})
+            self._step(epoch, step, idx, aug_gen, sums)
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == len(batches) or self.progress.status_due():
+                self._periodic_check(epoch, step + 1, len(batches), sums)
         synchronize(dev)
         seconds = time.perf_counter() - start
-        if any_rank(not bool(finite), self.ctx, dev):
+        return self._epoch_totals(epoch, len(batches), sums, seconds)
+
+    def _step(self, epoch: int, step: int, idx: torch.Tensor, aug_gen: torch.Generator, sums: StepSums) -> None:
+        """One training step, adding its figures to ``sums`` on the device: no host-device synchronisation
+        here (``tests/test_step_sync.py`` holds every method to it)."""
+        d, dev, rounds = self.data, self.device, self.method.rounds
+        for net in self.nets:
+            net.schedule.apply(net.optimizer, epoch, step)
+        idx = idx.to(dev, non_blocking=True)
+        batch = Batch.new(d.train_images[idx], d.train_labels[idx], idx)
+        if self.mixer is not None:
+            batch.mix = self.mixer.draw(batch.images, batch.labels, aug_gen)
+        batch = self.method.extend(batch)
+        batch.inputs = self._inputs(batch, aug_gen)
+        teachers = {teacher.role: teacher(batch.inputs) for teacher in self.teachers}
+        for round in range(rounds):
+            out, terms, loss = self._round(batch, teachers, round)
+            with torch.no_grad():
+                sums.terms += torch.stack([t.detach().float() for t in terms.values()]) / rounds
+        self.method.update(out, batch)  # after backward: state it changes in place may be in the graph (CRD)
+        with torch.no_grad():
+            if self.method.stat_names:
+                stats = self.method.stats()
+                sums.stats += torch.stack([stats[n].detach().float().to(dev, non_blocking=True)
+                                           for n in self.method.stat_names])
+            new = batch.parts["new"]
+            sums.correct += (out.logits[new].argmax(1) == batch.labels[new]).sum()
+            sums.finite &= torch.isfinite(loss.detach())
+        sums.rows += len(batch)
+        sums.new_rows += new.stop - new.start
+
+    def _periodic_check(self, epoch: int, steps_done: int, steps: int, sums: StepSums) -> None:
+        """Every ``CHECK_EVERY`` steps, at the epoch's last and when a status line is due: stop on a
+        non-finite loss, move the bar, print the status line. Each reads the device (one synchronisation)."""
+        if (steps_done % CHECK_EVERY == 0 or steps_done == steps) and not self.ctx.enabled and not bool(sums.finite):
+            raise TrainingDiverged(f"the loss became non-finite in epoch {epoch + 1} near step {steps_done}")
+        if self.progress.wants_stats:
+            self.progress.update(steps_done, {"loss": float(sums.terms.sum() / steps_done),
+                                              "acc": 100.0 * float(sums.correct) / max(sums.new_rows, 1)})
+        if self.progress.status_due():
+            self.progress.status(steps_done, {"loss": float(sums.terms.sum() / steps_done), "images": sums.rows,
+                                              "acc": 100.0 * float(sums.correct) / max(sums.new_rows, 1)})
+
+    def _epoch_totals(self, epoch: int, steps: int, sums: StepSums, seconds: float) -> EpochResult:
+        """The epoch's mean terms and statistics and its train top-1, summed over ranks: read once."""
+        dev, names, stat_names = self.device, self.method.term_names, self.method.stat_names
+        if any_rank(not bool(sums.finite), self.ctx, dev):
             raise TrainingDiverged(f"the loss became non-finite in epoch {epoch + 1}")
-        totals = all_reduce_sum(torch.cat([term_sums, stat_sums, correct[None],
-                                           torch.tensor([float(new_rows), float(rows), float(len(batches))],
+        totals = all_reduce_sum(torch.cat([sums.terms, sums.stats, sums.correct[None],
+                                           torch.tensor([float(sums.new_rows), float(sums.rows), float(steps)],
                                                         device=dev)]), self.ctx)
         k = len(names) + len(stat_names)
         steps_all = float(totals[k + 3])

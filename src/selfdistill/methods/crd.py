@@ -105,12 +105,16 @@ class Embed(nn.Module):
         return F.normalize(self.linear(x.flatten(1)).float(), dim=1)
 
 
-def nce_loss(p: torch.Tensor, n_data: int, eps: float = EPS) -> torch.Tensor:
-    """The NCE loss of rows of normalised scores ``p`` (B, K+1), positive first, noise Pn = 1/N."""
+def nce_loss(p: torch.Tensor, n_data: int, eps: float = EPS, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """The NCE loss of rows of normalised scores ``p`` (B, K+1), positive first, noise Pn = 1/N; with ``keep``
+    (B, bool), of the kept rows only (0 when none is kept), without reading the mask on the host."""
     noise = (p.shape[1] - 1) / n_data
     log_pos = torch.log(p[:, 0] / (p[:, 0] + noise + eps))
     log_neg = torch.log(noise / (p[:, 1:] + noise + eps))
-    return -(log_pos.sum() + log_neg.sum()) / len(p)
+    if keep is None:
+        return -(log_pos.sum() + log_neg.sum()) / len(p)
+    weight = keep.to(p.dtype)
+    return -((log_pos * weight).sum() + (log_neg * weight[:, None]).sum()) / weight.sum().clamp_min(1)
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -171,16 +175,19 @@ def gather_rows(ctx: Dist, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def momentum_update(memory: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, momentum: float) -> None:
-    """``memory[i] <- normalize(m memory[i] + (1 - m) v)`` in place, for the rows ``idx`` only (the last
-    row wins where an index repeats)."""
-    order = torch.argsort(idx, stable=True)  # repeats stay in row order: the last of each run wins
-    ordered = idx[order]
-    last = torch.ones_like(ordered, dtype=torch.bool)
-    last[:-1] = ordered[1:] != ordered[:-1]
-    rows, targets = order[last], ordered[last]
-    mixed = momentum * memory[targets] + (1 - momentum) * v[rows].to(memory.dtype)
-    memory[targets] = F.normalize(mixed, dim=1)
+def momentum_update(memory: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, momentum: float,
+                    keep: torch.Tensor | None = None) -> None:
+    """``memory[i] <- normalize(m memory[i] + (1 - m) v)`` in place, for the rows ``idx`` only (those ``keep``
+    marks, when given; the last row wins where an index repeats). Shapes stay fixed, so the host never
+    waits for the device: every row writes its index's winner, repeats write the same values."""
+    rows = torch.arange(len(idx), device=idx.device)
+    if keep is not None:
+        rows = torch.where(keep, rows, -1)
+    winner = torch.full((len(memory),), -1, dtype=torch.long, device=idx.device)
+    winner = winner.scatter_reduce(0, idx, rows, "amax")[idx]  # per row: the last kept row with its index
+    old = memory[idx]
+    mixed = F.normalize(momentum * old + (1 - momentum) * v[winner.clamp_min(0)].to(memory.dtype), dim=1)
+    memory[idx] = torch.where((winner >= 0)[:, None], mixed, old)
 
 
 def dense_scoring(n: int, k: int, dim: int) -> bool:
@@ -241,7 +248,7 @@ class CRD(Method):
         self.memory_t = (torch.rand(n, o.feat_dim, device=ctx.device) * 2 - 1) * bound
         self.z: torch.Tensor | None = None  # (Z for the student anchor, Z for the teacher anchor)
         self.generator: torch.Generator | None = None
-        self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.step_checked = False
 
     def _require_memory(self, need: int, what: str, lower: str) -> None:
@@ -276,10 +283,11 @@ class CRD(Method):
             self.generator = torch.Generator(self.device)
             self.generator.manual_seed(hash(tuple(idx.tolist())) & (2**63 - 1))
 
-    def _set_z(self, s_anchor: torch.Tensor, t_anchor: torch.Tensor) -> None:
-        """Z = mean(score) * N per direction, over every rank's first batch."""
+    def _set_z(self, s_anchor: torch.Tensor, t_anchor: torch.Tensor, keep: torch.Tensor) -> None:
+        """Z = mean(score) * N per direction, over the kept rows of every rank's first batch (scores of the
+        other rows zeroed). Reads the device once, in the run's first step."""
         with torch.no_grad():
-            totals = torch.stack([s_anchor.sum(), t_anchor.sum(), s_anchor.new_tensor(s_anchor.numel())])
+            totals = torch.stack([s_anchor.sum(), t_anchor.sum(), keep.sum() * s_anchor.new_tensor(s_anchor.shape[1])])
             all_reduce_sum(totals, self.dist)
             if totals[2] > 0:
                 self.z = totals[:2] / totals[2] * self.n
@@ -303,32 +311,34 @@ class CRD(Method):
         kd = kd_kl(out.logits, teacher.logits.detach().clone(), o.kd_temperature) if o.kd_weight else None
         terms["crd_kd"] = o.kd_weight * kd if kd is not None else out.logits.new_zeros((), dtype=torch.float32)
 
-        rows = (batch.indices >= 0).nonzero().squeeze(1)
-        idx = batch.indices[rows]
-        v_s = self.embed_s(out.features[FEATURE][rows])
-        v_t = self.embed_t(teacher.features[FEATURE][rows].detach().clone())  # clone: leave inference mode
+        # rows without a training index (-1, plug-in use) are scored against row 0 and then masked out:
+        # fixed shapes, so the step never waits for the device to say how many rows have one
+        keep = batch.indices >= 0
+        idx = batch.indices.clamp_min(0)
+        v_s = self.embed_s(out.features[FEATURE])
+        v_t = self.embed_t(teacher.features[FEATURE].detach().clone())  # clone: leave inference mode
         if not self.step_checked:
-            self._first_step(len(rows), idx)
+            self._first_step(len(idx), idx)
         s_anchor, t_anchor = self._scores(idx, v_s, v_t)
         if self.z is None:
-            self._set_z(s_anchor, t_anchor)
-        if len(rows) == 0 or self.z is None:
+            self._set_z(s_anchor * keep[:, None], t_anchor * keep[:, None], keep)
+        if len(idx) == 0 or self.z is None:
             nce = 0.0 * (v_s.sum() + v_t.sum())  # keeps both heads in the graph
         else:
-            nce = nce_loss(s_anchor / self.z[0], self.n) + nce_loss(t_anchor / self.z[1], self.n)
+            nce = nce_loss(s_anchor / self.z[0], self.n, keep=keep) + nce_loss(t_anchor / self.z[1], self.n, keep=keep)
         terms["crd_nce"] = o.beta * nce
-        self.pending = (idx, v_s.detach(), v_t.detach())
+        self.pending = (idx, keep.to(torch.uint8), v_s.detach(), v_t.detach())  # uint8: gloo gathers it
         return terms
 
     def update(self, out: Outputs, batch: Batch) -> None:
         """The momentum update of the positives' memory rows, after this step's scores were taken."""
         if self.pending is None:
             return
-        idx, v_s, v_t = gather_rows(self.dist, *self.pending)
+        idx, keep, v_s, v_t = gather_rows(self.dist, *self.pending)
         self.pending = None
         if len(idx):
-            momentum_update(self.memory_s, idx, v_s, self.options.momentum)
-            momentum_update(self.memory_t, idx, v_t, self.options.momentum)
+            momentum_update(self.memory_s, idx, v_s, self.options.momentum, keep.bool())
+            momentum_update(self.memory_t, idx, v_t, self.options.momentum, keep.bool())
 
     def state_dict(self) -> dict[str, Any]:
         return {"memory_s": self.memory_s.clone(), "memory_t": self.memory_t.clone(),

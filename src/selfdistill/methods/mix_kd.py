@@ -70,7 +70,8 @@ def standardised_log_softmax(logits: torch.Tensor) -> torch.Tensor:
 def partial_mix_lam(n: int, mix_alpha: float, unmixed_fraction: float, sampling: str) -> torch.Tensor:
     """Per-row lam on the CPU: Beta(a, a) draws, set to 1 at ``int(unmixed_fraction * n)`` picks
     (with replacement when ``sampling`` is official, distinct rows when exact)."""
-    lam = torch.distributions.Beta(torch.tensor(float(mix_alpha)), torch.tensor(float(mix_alpha))).sample((n,))
+    a = torch.tensor(float(mix_alpha))  # (checked > 0 with the options: no per-step validation, which reads tensors)
+    lam = torch.distributions.Beta(a, a, validate_args=False).sample((n,))
     picks = int(n * unmixed_fraction)
     clean = torch.randint(0, n, (picks,)) if sampling == "official" else torch.randperm(n)[:picks]
     lam[clean] = 1.0
@@ -94,11 +95,11 @@ class MIXKD(Method):
         o = self.options
         new = batch.parts["new"]
         n, dev = new.stop - new.start, batch.labels.device
-        perm = torch.randperm(n).to(dev) + new.start
+        perm = torch.randperm(n).to(dev, non_blocking=True) + new.start
         mix = Mix.identity(batch.images, batch.labels, cutmix=False)
         partner_images, partner_labels, lam = mix.partner_images.clone(), mix.partner_labels.clone(), mix.lam
         partner_images[new], partner_labels[new] = batch.images[perm], batch.labels[perm]
-        lam[new] = partial_mix_lam(n, o.mix_alpha, o.unmixed_fraction, o.sampling).to(dev)
+        lam[new] = partial_mix_lam(n, o.mix_alpha, o.unmixed_fraction, o.sampling).to(dev, non_blocking=True)
         batch.mix = Mix(partner_images, partner_labels, lam)
         return batch
 
