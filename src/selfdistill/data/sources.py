@@ -100,6 +100,46 @@ def locate(source: Source, data_dir: str | None, download: bool) -> dict[str, Pa
     return found
 
 
+@dataclass(frozen=True)
+class TreeSource:
+    """An image-tree dataset in a data root: its unpacked ``folder`` (holding ``train/``), or one of its
+    ``archives`` (paths relative to the root), read without unpacking."""
+
+    folder: str
+    archives: tuple[str, ...]
+
+    def places(self) -> str:
+        return " or ".join((f"{self.folder}/ (unpacked)", *self.archives))
+
+
+def locate_tree(source: TreeSource, data_dir: str | None) -> Path:
+    """The unpacked folder or the archive of ``source`` in the first root that has either (the folder first),
+    the archive checked against the manifests that list it; there is nothing to download."""
+    roots = data_roots(data_dir)
+    if data_dir and not roots[0].is_dir():
+        state = "is not a directory" if roots[0].exists() else "does not exist and this dataset has no public download"
+        raise UserError(f"--data-dir (data.data_dir) {roots[0]} {state}; point it at a data root, the folder that "
+                        f"holds {source.places()}")
+    if data_dir:
+        if roots[0].name == source.folder and (roots[0] / "train").is_dir():
+            raise UserError(f"--data-dir (data.data_dir) {roots[0]} is the {source.folder}/ folder itself; point it "
+                            f"at its parent, {roots[0].parent}, the data root that holds {source.folder}/")
+    for root in roots:
+        try:
+            if (root / source.folder / "train").is_dir():
+                return root / source.folder
+            archive = next((root / a for a in source.archives if (root / a).is_file()), None)
+        except OSError as exc:
+            raise UserError(f"data root {root} cannot be read ({_why(exc)})") from None
+        if archive is not None:
+            rel = archive.relative_to(root)  # a manifest's name for it: <folder>/<name> in the root's, or <name>
+            verify(root, rel.parent.as_posix(), {rel.name: archive})
+            return archive
+    searched = ", ".join(str(r) for r in roots)
+    raise UserError(f"dataset files not found (there is no download); put {source.places()} in one of: {searched} "
+                    "(or point --data-dir / SELFDISTILL_DATA at a data root)")
+
+
 def _check_data_dir(root: Path, source: Source, can_download: bool, why: str) -> None:
     """Refuse a ``--data-dir`` that is not a directory, or that does not exist when nothing can be downloaded
     into it; checked before any download so that nothing is written to a wrong path."""

@@ -221,7 +221,8 @@ class RunOutputs:
             card = ModelCard(model=net.arch, num_classes=d.num_classes, in_channels=d.in_channels,
                              image_size=self.image_size, pad_to=cfg.data.pad_to, mean=list(d.mean), std=list(d.std),
                              dataset=cfg.data.dataset, method=self.method.name, weights_sha256=weights_sha256(path),
-                             options=dict(getattr(net.model, "arch_options", {})))  # build_model records them
+                             options=dict(getattr(net.model, "arch_options", {})),  # build_model records them
+                             class_names=list(d.class_names) if d.class_names else None)
             self.run.write(card_name, lambda _, path=path, card=card: write_model_card(path, card))
         (self.run.path / rundir.DIVERGED).unlink(missing_ok=True)  # a resumed run that had diverged is now done
         self.run.write_json(rundir.METRICS, metrics)

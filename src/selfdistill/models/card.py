@@ -7,13 +7,15 @@ nothing else and refuses a card that belongs to other weights::
 
     {"format": "selfdistill-model", "version": 1, "model": "cnn", "num_classes": 10, "in_channels": 1,
      "image_size": 28, "pad_to": null, "mean": [0.286], "std": [0.353],
-     "dataset": "fashion-mnist-mini", "method": "dlb", "weights_sha256": "...", "options": {"width": 32}}
+     "dataset": "fashion-mnist-mini", "method": "dlb", "weights_sha256": "...", "options": {"width": 32},
+     "class_names": ["T-shirt/top", "Trouser", ...]}
 
 ``image_size`` is the side of the square input the model sees, after zero padding raw images to
 ``pad_to`` (when set); ``mean`` and ``std`` are per channel on the [0, 1] scale; ``options`` are the
 architecture's options (``model.options``, every one with its value), so the same network is rebuilt
-(a card without them, from before they existed, means the defaults). Keys a later version of version 1
-may add are ignored when reading.
+(a card without them, from before they existed, means the defaults); ``class_names`` name the outputs in
+label order (an image folder's class folders, say), null where the dataset has only numbers. Keys a later
+version of version 1 may add are ignored when reading.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class ModelCard:
     method: str
     weights_sha256: str
     options: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
@@ -89,6 +92,9 @@ def read_model_card(model_path: Path) -> ModelCard:
     raw = _read_json(path)
     _check_format(path, raw)
     card = ModelCard(**{f.name: _field(path, raw, f.name) for f in dataclasses.fields(ModelCard)})
+    if card.class_names is not None and len(card.class_names) != card.num_classes:
+        raise UserError(f"{path}: 'class_names' has {len(card.class_names)} names for num_classes={card.num_classes}; "
+                        "the card is damaged: rewrite it or pass --model and --dataset")
     for name in ("mean", "std"):
         if len(getattr(card, name)) != card.in_channels:
             raise UserError(f"{path}: '{name}' has {len(getattr(card, name))} values for in_channels="
@@ -151,8 +157,11 @@ CHECKS: dict[str, tuple[Any, str]] = {
     "method": (lambda v: isinstance(v, str), "a method name"),
     "weights_sha256": (lambda v: isinstance(v, str) and SHA256.match(v) is not None, "64 lower-case hex digits"),
     "options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a mapping of option names"),
+    "class_names": (lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
+                    "null or a list of names, one per class"),
 }
-OPTIONAL = {"options": dict}  # fields a card may lack (written by earlier versions): their default
+# fields a card may lack (written by earlier versions): their default
+OPTIONAL = {"options": dict, "class_names": lambda: None}
 
 
 def _field(path: Path, raw: dict[str, Any], name: str) -> Any:
