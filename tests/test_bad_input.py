@@ -115,6 +115,11 @@ CASES = [
     ("duplicate key in config", config_file(b"train:\n  epochs: 3\n  epochs: 4\n"), "given twice"),
     ("python tag in config", config_file(b"train: !!python/object/apply:os.system [ls]\n"), "not valid YAML"),
     ("list config", config_file(b"- train\n- epochs\n"), "mapping"),
+    ("tagged value the tag cannot hold in config", config_file(b"optim:\n  lr: !!float abc\n"),
+     "not valid YAML (!!float cannot hold 'abc'"),
+    ("!!timestamp of no time in config", config_file(b"train: {seed: !!timestamp x}\n"), "!!timestamp cannot hold"),
+    *[(f"--set {value}", lambda t, c, v=value: [*RUN, "--set", f"optim.lr={v}"], f"--set 'optim.lr={value}': not valid")
+      for value in ("!!int x", "!!float abc", "!!timestamp x", "!!set 5", "!!bool maybe")],
     ("seed beyond 64 bits", lambda t, c: [*RUN, "--seed", str(2**64)], "train.seed"),
     ("negative seed", lambda t, c: [*RUN, "--seed", "-1"], "train.seed"),
     ("threads 100000", lambda t, c: [*RUN, "--threads", "100000"], "train.threads"),

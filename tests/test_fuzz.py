@@ -48,6 +48,19 @@ def test_any_yaml_text_parses_or_is_one_line(text):
     one_line_user_error(lambda: parse_yaml(text, "--set x"))
 
 
+YAML_TAGS = ["!!int", "!!float", "!!bool", "!!null", "!!str", "!!binary", "!!timestamp", "!!set", "!!omap", "!!pairs",
+             "!!seq", "!!map", "!!merge", "!local"]
+
+
+@FUZZ
+@given(tag=st.sampled_from(YAML_TAGS), value=st.text(max_size=12) | values.map(
+       lambda v: yaml.safe_dump(v, default_flow_style=True).strip()), place=st.sampled_from(["{}", "a: {}", "[{}]"]))
+def test_a_tagged_value_parses_or_is_one_line(tag, value, place):
+    """A tag with a value it cannot hold (`!!int x`, `!!timestamp x`, `!!set 5`) is a YAML error, not a crash of
+    PyYAML's constructors."""
+    one_line_user_error(lambda: parse_yaml(place.format(f"{tag} {value}"), "--set x"))
+
+
 @FUZZ
 @given(st.lists(st.dictionaries(st.sampled_from(SECTIONS) | st.text(max_size=8),
                                 st.dictionaries(st.text(max_size=12) | st.sampled_from(REAL_KEYS), values, max_size=4)

@@ -225,8 +225,8 @@ def parse_assignment(text: str) -> dict[str, Any]:
     try:
         value = parse_yaml(raw, f"--set {text!r}") if raw.strip() else ""
     except UserError:
-        if any(c in raw for c in "[]{}\n"):
-            raise  # meant as a YAML list or mapping, but malformed
+        if any(c in raw for c in "[]{}\n") or raw.lstrip().startswith("!"):
+            raise  # meant as a YAML list, mapping or tagged value, but malformed
         value = raw  # a plain string that happens not to be valid YAML (e.g. "a: b")
     return nested(".".join(parts), value)
 
