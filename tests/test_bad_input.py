@@ -126,6 +126,17 @@ CASES = [
     ("non-finite lr", lambda t, c: [*RUN, "--lr", "nan"], "optim.lr"),
     ("infinite weight decay", lambda t, c: [*RUN, "--set", "optim.weight_decay=.inf"], "optim.weight_decay"),
     ("infinite lr in scientific notation", lambda t, c: [*RUN, "--set", "optim.lr=1e999"], "optim.lr"),
+    *[(f"lr {lr} beyond float32", lambda t, c, v=lr: [*RUN, "--lr", v], f"optim.lr={float(lr)!r} is not allowed; "
+       "allowed: a number within ±3.403e+38 (float32") for lr in ("1e300", "3.5e38")],
+    ("peer lr beyond float32", lambda t, c: [*RUN, "--method", "dml", "--set", "method.peers=[mlp]", "--set",
+                                             "roles.peer1.optim.lr=1e300"], "roles.peer1.optim.lr='1e300'"),
+    ("method option beyond float32", lambda t, c: [*RUN, "--method", "dlb", "--set", "method.temperature=1e300"],
+     "method.temperature='1e300' is not allowed"),
+    ("integer lr beyond a float", lambda t, c: [*RUN, "--set", f"optim.lr={10**400}"], "a finite number"),
+    ("epochs beyond 64 bits", lambda t, c: [*RUN, "--set", f"train.epochs={10**400}"], "within ±2**63"),
+    ("gamma that takes the lr beyond float32", lambda t, c: [*RUN, "--epochs", "3", "--set",
+                                                             "schedule={name: multistep, milestones: [1, 2], "
+                                                             "gamma: 1e30}"], "x gamma^2 milestones is about 1e59"),
     ("subset = training set", lambda t, c: [*RUN, "--train-subset", "64"], "data.train_subset"),
     ("subset > training set", lambda t, c: [*RUN, "--train-subset", "65"], "data.train_subset"),
     ("validation split = training set", lambda t, c: [*RUN, "--set", "data.validation_split=64"],
