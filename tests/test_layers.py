@@ -15,7 +15,7 @@ PACKAGE = "selfdistill"
 
 # top to bottom; a module may import its own layer and those below it
 LAYERS = ["__main__", "cli", "commands", "plugin", "analysis", "engine", "methods", "losses", "models", "data",
-          "config", "distributed", "cpus", "fileio", "errors"]
+          "config", "distributed", "cpus", "fileio", "errors", "interrupts"]
 # lower than their package: pure functions of tensors, like losses/ (the engine's evaluation accumulates them)
 PLACED_LOWER = {"selfdistill.analysis.metrics": "losses"}
 
