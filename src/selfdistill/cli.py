@@ -131,8 +131,8 @@ def build_parser() -> Parser:
                        help="override any config key, e.g. --set method.alpha=0.5 (repeatable; values are YAML) "
                             "(default: none)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last checkpoint, rebuild missing final outputs, or "
-                            "extend a finished run with a larger --epochs (multistep/constant schedules) "
+                       help="continue the run in --out from its last checkpoint, rebuild missing or damaged final "
+                            "outputs, or extend a finished run with a larger --epochs (multistep/constant schedules) "
                             "(default: off)")
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train in N processes on this machine, like torchrun --standalone (default: 1)")
