@@ -16,7 +16,7 @@ stdout is closed before it has printed everything (``selfdistill recipes | head 
 
 from __future__ import annotations
 
-from .interrupts import as_exception, signals_held, stop_code, stop_signals_raise, stop_words
+from .interrupts import as_exception, signals_held, stop_code, stop_signals_raise, stopped_line
 
 # A Ctrl-C, SIGTERM or SIGHUP while this module loads (the first moments of `selfdistill ...`) is held back and
 # acted on by main(), as one that comes later is: one line and its exit code, not a traceback from an import.
@@ -271,10 +271,8 @@ def _run(argv: list[str] | None) -> int:
         return _say_failure(exc)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (Stopped), outside a training run
         if _rank() == 0:
-            started = _ARGV[:1] == ["train"]
             with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
-                print(f"selfdistill: {stop_words(exc)}"
-                      f"{' before training started; nothing was written' if started else ''}", file=sys.stderr)
+                print(stopped_line(exc, _ARGV), file=sys.stderr)
         return stop_code(exc)
 
 

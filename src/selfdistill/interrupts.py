@@ -38,6 +38,12 @@ def stop_words(exc: KeyboardInterrupt) -> str:
     return f"stopped by {signal.Signals(exc.signum).name}" if isinstance(exc, Stopped) else "interrupted"
 
 
+def stopped_line(exc: KeyboardInterrupt, argv: list[str]) -> str:
+    """The line of a command ``argv`` that ``exc`` stopped before it began its work (a run: before training)."""
+    before = " before training started; nothing was written" if argv[:1] == ["train"] else ""
+    return f"selfdistill: {stop_words(exc)}{before}"
+
+
 def as_exception(signum: int) -> KeyboardInterrupt:
     """What signal ``signum`` raises: ``KeyboardInterrupt`` for SIGINT, :class:`Stopped` for the others."""
     return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
