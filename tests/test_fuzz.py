@@ -4,6 +4,7 @@ documents come in, the result is a valid config or exit code 2 with one line, an
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from selfdistill import cli
-from selfdistill.config import Config, parse_yaml
+from selfdistill.config import Config, nested, parse_yaml
 from selfdistill.engine import Trainer, resolve
 from selfdistill.errors import UserError
 
@@ -46,6 +47,19 @@ def one_line_user_error(call) -> None:
 @given(st.text(max_size=200))
 def test_any_yaml_text_parses_or_is_one_line(text):
     one_line_user_error(lambda: parse_yaml(text, "--set x"))
+
+
+YAML_TAGS = ["!!int", "!!float", "!!bool", "!!null", "!!str", "!!binary", "!!timestamp", "!!set", "!!omap", "!!pairs",
+             "!!seq", "!!map", "!!merge", "!local"]
+
+
+@FUZZ
+@given(tag=st.sampled_from(YAML_TAGS), value=st.text(max_size=12) | values.map(
+       lambda v: yaml.safe_dump(v, default_flow_style=True).strip()), place=st.sampled_from(["{}", "a: {}", "[{}]"]))
+def test_a_tagged_value_parses_or_is_one_line(tag, value, place):
+    """A tag with a value it cannot hold (`!!int x`, `!!timestamp x`, `!!set 5`) is a YAML error, not a crash of
+    PyYAML's constructors."""
+    one_line_user_error(lambda: parse_yaml(place.format(f"{tag} {value}"), "--set x"))
 
 
 @FUZZ
@@ -111,6 +125,29 @@ def test_a_run_with_fuzzed_settings_starts_or_exits_2_before_writing(tmp_path, c
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and err.startswith("selfdistill: error: "), err
     assert not (tmp_path / "run").exists()
+
+
+def _default(key: str):
+    value = Config().to_dict()
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+FLOAT_KEYS = [k for k in REAL_KEYS if isinstance(_default(k), float)]
+
+
+@FUZZ
+@given(key=st.sampled_from([*FLOAT_KEYS, "roles.peer1.optim.lr", "roles.peer1.schedule.min_lr", "method.temperature"]),
+       value=st.floats(min_value=3.41e38, allow_infinity=False) | st.integers(min_value=2**128, max_value=10**400),
+       sign=st.sampled_from([1, -1]))
+def test_a_float_setting_beyond_float32_is_refused_in_one_line(key, value, sign):
+    """Every float setting reaches torch, which computes in float32: a larger finite number (`--lr 1e300`)
+    is refused naming the key, instead of failing in the middle of training."""
+    layers = [{"method": {"name": "dlb"}}, nested(key, sign * value)]
+    with pytest.raises(UserError, match=re.escape(key)) as refusal:
+        resolve(layers)
+    assert len(str(refusal.value).splitlines()) == 1
 
 
 @pytest.mark.parametrize("text", ["a: 1\na: 2\n", "{a: 1, a: 2}", "train:\n  epochs: 1\n  epochs: 2\n"])

@@ -123,6 +123,38 @@ def test_resume_rebuilds_any_missing_final_output(reference, tmp_path, capsys, l
     assert json.loads((out / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
 
 
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [
+    {"model.pt": truncate}, {"metrics.json": truncate}, {"log.csv": truncate},
+    {"model.json": lambda p: p.write_text(p.read_text().replace('"mlp"', '"cnn"'))},  # valid JSON, wrong card
+    {"model.pt": lambda p: torch.save({"other": torch.zeros(1)}, p)},  # loads, but other weights
+    {"model.pt": lambda p: (p.unlink(), os.mkfifo(p))},  # not a regular file: replaced, never opened for reading
+])
+def test_resume_of_a_finished_run_rebuilds_any_damaged_final_output(reference, tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for name, spoil in damage.items():
+        spoil(out / name)
+    code, stdout, err = cli_main(capsys, "train", "--out", str(out), "--resume")
+    assert code == 0, err
+    assert re.search(r"writing the missing, damaged or outdated [^|]*\b" + re.escape(next(iter(damage))), stdout)
+    assert_same_run(reference, out)
+
+
+def test_resume_of_a_finished_run_with_a_damaged_checkpoint_says_what_still_stands(reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    truncate(out / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = cli_main(capsys, "train", "--out", str(out), "--resume")
+    assert code == 2 and len(err) == 1 and "checkpoint.pt cannot be loaded as a checkpoint" in err[0]
+    assert "the finished run's model.pt and metrics.json stand on their own" in err[0] and "new --out" in err[0]
+    assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
 def test_resume_of_a_complete_run_changes_nothing(reference, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
@@ -269,7 +301,7 @@ def test_a_run_finished_by_an_older_version_gets_its_model_card_on_resume(refere
     del state["metrics"], state["last_eval"]  # what checkpoints held before they carried the final metrics
     torch.save(state, out / "checkpoint.pt")
     code, stdout, _ = cli_main(capsys, "train", "--out", str(out), "--resume")
-    assert code == 0 and "writing the missing or outdated model.json" in stdout
+    assert code == 0 and "writing the missing, damaged or outdated model.json" in stdout
     assert json.loads((out / "model.json").read_text()) == json.loads((reference / "model.json").read_text())
     assert json.loads((out / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
 

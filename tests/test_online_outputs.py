@@ -8,6 +8,7 @@ import shutil
 import statistics
 
 import pytest
+import torch
 
 from conftest import SMALL_SYNTHETIC, cli_main, small_config
 from selfdistill.analysis.eval_output import format_eval
@@ -213,3 +214,24 @@ def test_report_figure_draws_each_network_and_the_ensemble_in_the_groups_colour(
             {drawn[f"{dml} · student"].get_color()}
         assert [drawn[f"{dml} · {r}"].get_linestyle() for r in ("student", "peer1", "ensemble")] == ["-", "--", "-."]
         assert len(ax.collections) == 1  # the one band: the DML student's std over its two seeds
+
+
+# ----------------------------------------------------------------------------- --resume of a finished online run
+@pytest.mark.parametrize("spoil", [
+    lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated
+    lambda p: shutil.copyfile(p.with_name("model.pt"), p),  # the student's weights in the peer's file
+])
+def test_resume_rebuilds_a_damaged_role_file_of_a_finished_run(runs, tmp_path, capsys, spoil):
+    """A truncated or foreign ``peer1.pt`` in a finished DML run is rebuilt from the final checkpoint (and its
+    card with it), not taken for finished ("nothing to do")."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["dml-s0"][0], run)
+    spoil(run / "peer1.pt")
+    code, out, err = cli_main(capsys, "train", "--out", str(run), "--resume")
+    assert code == 0 and "writing the missing, damaged or outdated peer1.pt, peer1.json from" in out, (out, err)
+    original = runs["dml-s0"][0]
+    a, b = (torch.load(d / "peer1.pt", weights_only=True) for d in (original, run))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "peer1.json").read_text()) == json.loads((original / "peer1.json").read_text())
+    code, out, _ = cli_main(capsys, "train", "--out", str(run), "--resume")
+    assert code == 0 and "nothing to do" in out

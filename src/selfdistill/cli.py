@@ -6,7 +6,9 @@ one-line errors should not wait for).
 
 Every failure ends with one line on stderr and an exit code (see :mod:`selfdistill.errors`): 2 for
 bad input (nothing started or written), 3 for a diverged run, 4 for a failed write to the run
-directory, 5 for a failed process of a distributed run, 130 for Ctrl-C. Under ``torchrun`` (or
+directory, 5 for a failed process of a distributed run, 130 for Ctrl-C, 143 for SIGTERM and 129 for SIGHUP
+(128 + the signal's number, as a shell reports a program the signal stops; each stops a command as Ctrl-C
+does, saying what was kept). Under ``torchrun`` (or
 ``--nproc``) only rank 0 prints, except for the rank that notices a peer has stopped. A command whose
 stdout is closed before it has printed everything (``selfdistill recipes | head -1``) stops quietly with
 141, as a shell reports any program that a closed pipe stops.
@@ -14,23 +16,25 @@ stdout is closed before it has printed everything (``selfdistill recipes | head 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import os
-import re
-import signal
-import sys
-import threading
-import time
-from collections.abc import Iterator
-from typing import Any, NoReturn
+from .interrupts import as_exception, signals_held, stop_code, stop_signals_raise, stopped_line
 
-from . import __version__
-from .commands.flags import BENCH_FLAGS, TRAIN_FLAGS
-from .config import Config
-from .cpus import prefer_passive_wait
-from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean, printable_line
+# A Ctrl-C, SIGTERM or SIGHUP while this module loads (the first moments of `selfdistill ...`) is held back and
+# acted on by main(), as one that comes later is: one line and its exit code, not a traceback from an import.
+with signals_held() as _HELD_WHILE_LOADING:
+    import argparse
+    import contextlib
+    import importlib
+    import os
+    import re
+    import sys
+    import time
+    from typing import Any, NoReturn
+
+    from . import __version__
+    from .commands.flags import BENCH_FLAGS, TRAIN_FLAGS
+    from .config import Config
+    from .cpus import prefer_passive_wait
+    from .errors import PeerFailure, SelfdistillError, TrainingDiverged, UserError, did_you_mean, printable_line
 
 DEFAULTS = Config()
 PIPE_CLOSED = 141  # 128 + SIGPIPE: the shell's code for a program stopped by writing into a closed pipe
@@ -93,7 +97,8 @@ def build_parser() -> Parser:
     train = sub.add_parser("train", help="train one method/model/dataset (flags or --config YAML)",
                            description="Train one run. Layers, each overriding the one before: defaults, --config, "
                                        "the flags, --set. Exit codes: 0 done, 2 bad input, 3 diverged, 4 cannot "
-                                       "write --out, 5 distributed process failed, 130 interrupted.")
+                                       "write --out, 5 distributed process failed, 130 interrupted (Ctrl-C), 143 "
+                                       "SIGTERM, 129 SIGHUP.")
     train.add_argument("--method", help="ce, dlb, ... (`selfdistill methods`); combine with +, e.g. dlb+dsr "
                                         f"(default: {_default('method.name')})")
     train.add_argument("--dataset", help=f"`selfdistill datasets` (default: {_default('data.dataset')})")
@@ -126,8 +131,8 @@ def build_parser() -> Parser:
                        help="override any config key, e.g. --set method.alpha=0.5 (repeatable; values are YAML) "
                             "(default: none)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last checkpoint, rebuild missing final outputs, or "
-                            "extend a finished run with a larger --epochs (multistep/constant schedules) "
+                       help="continue the run in --out from its last checkpoint, rebuild missing or damaged final "
+                            "outputs, or extend a finished run with a larger --epochs (multistep/constant schedules) "
                             "(default: off)")
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train in N processes on this machine, like torchrun --standalone (default: 1)")
@@ -221,27 +226,13 @@ COMMAND_MODULES = {"train": "train", "demo": "demo", "eval": "eval", "report": "
                    "recipes": "recipes", "methods": "listings", "models": "listings", "datasets": "listings"}
 
 
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[list[bool]]:
-    """Hold back Ctrl-C while modules load: an interrupt in the middle of ``import torch`` leaves torch
-    half-initialised (a page of tracebacks, even a segfault). A press is noted and acted on afterwards."""
-    pressed: list[bool] = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield pressed
-        return
-    signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
-    try:
-        yield pressed
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run the command ``argv`` names (default: ``sys.argv``) and return its exit code."""
+    """Run the command ``argv`` names (default: ``sys.argv``) and return its exit code. SIGTERM and SIGHUP
+    stop it as Ctrl-C does (see :mod:`selfdistill.interrupts`)."""
     try:
         try:
-            code = _run(argv)
+            with stop_signals_raise():
+                code = _run(argv)
         except SystemExit:  # --help and --version, which argparse has printed
             sys.stdout.flush()
             raise
@@ -267,21 +258,22 @@ def _run(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _ARGV = argv
     try:
-        with interrupts_deferred() as pressed:
+        if _HELD_WHILE_LOADING:
+            raise as_exception(_HELD_WHILE_LOADING.pop(0))
+        with signals_held() as held:  # modules load (torch, for most commands): see cli's own imports above
             args = build_parser().parse_args(argv)
             prefer_passive_wait()  # before torch loads OpenMP; see selfdistill/cpus.py
             command = importlib.import_module(f"selfdistill.commands.{COMMAND_MODULES[args.command]}")
-        if pressed:
-            raise KeyboardInterrupt
+        if held:
+            raise as_exception(held[0])
         return command.run(args, argv)
     except SelfdistillError as exc:
         return _say_failure(exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (Stopped), outside a training run
         if _rank() == 0:
-            started = _ARGV[:1] == ["train"]
-            print(f"selfdistill: interrupted{' before training started; nothing was written' if started else ''}",
-                  file=sys.stderr)
-        return 130
+            with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                print(stopped_line(exc, _ARGV), file=sys.stderr)
+        return stop_code(exc)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ code  meaning
 4     ``OutputError``: a write to the run directory failed during the run (disk full, I/O
       error); the temporary file is removed and the last good checkpoint stays on disk
 5     ``PeerFailure``: another process of a distributed run stopped, failed or timed out
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C); 143 and 129 stopped by SIGTERM and SIGHUP, as Ctrl-C stops a command
+      (128 + the signal's number; see :mod:`selfdistill.interrupts`)
 ====  =====================================================================================
 """
 

@@ -13,7 +13,8 @@ options dataclass, so ``config.yaml`` in a run directory always lists every valu
 YAML is read with a strict safe loader (``yaml_io.py``): a key given twice in one mapping is an error
 (PyYAML would keep the last silently), and a number field accepts every spelling Python's ``float()``
 accepts (PyYAML reads ``1e-3`` as a string, since YAML 1.1 wants ``1.0e-3``; ``typed.py``); non-finite
-numbers are refused.
+numbers, and numbers beyond what torch computes in (float32, int64), are refused. Range checks are in
+``ranges.py``.
 
 This package is a leaf: it imports nothing of selfdistill but ``errors``. It knows no registry, so the
 names of the dataset, model, method and teachers, and the method's and the model's options, are checked
@@ -31,6 +32,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from ..errors import UserError, did_you_mean, require
+from .ranges import validate
 from .typed import build_dataclass
 from .yaml_io import BUNDLED_RECIPES, load_yaml, parse_yaml, read_yaml_file
 
@@ -225,8 +227,8 @@ def parse_assignment(text: str) -> dict[str, Any]:
     try:
         value = parse_yaml(raw, f"--set {text!r}") if raw.strip() else ""
     except UserError:
-        if any(c in raw for c in "[]{}\n"):
-            raise  # meant as a YAML list or mapping, but malformed
+        if any(c in raw for c in "[]{}\n") or raw.lstrip().startswith("!"):
+            raise  # meant as a YAML list, mapping or tagged value, but malformed
         value = raw  # a plain string that happens not to be valid YAML (e.g. "a: b")
     return nested(".".join(parts), value)
 
@@ -311,81 +313,6 @@ def _method_mapping(method: Any) -> dict[str, Any]:
     require(isinstance(method, dict) and "name" in method, "method", method, "a mapping with a name")
     require(isinstance(method["name"], str), "method.name", method["name"], "a method name (see `selfdistill methods`)")
     return dict(method)
-
-
-MAX_THREADS = 1024  # torch.set_num_threads(100000) crashes the process
-MAX_IMAGE_SIZE = 1024  # a typo in a size must not ask for terabytes of memory
-SYNTHETIC_RANGES = (("num_classes", 2, 1000), ("channels", 1, 16), ("size", 1, 256), ("train_size", 1, 1_000_000),
-                    ("test_size", 1, 1_000_000))
-
-
-def validate(config: Config) -> None:
-    """Range checks that types alone cannot express (names are checked by the layers that own them)."""
-    d, o, s, t = config.data, config.optim, config.schedule, config.train
-    require(0 <= t.seed < 2**63, "train.seed", t.seed, "an integer in [0, 2**63)")
-    require(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
-    require(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
-    require(d.eval_batch_size >= 1, "data.eval_batch_size", d.eval_batch_size, "an integer >= 1")
-    require(0.0 <= d.label_noise < 1.0, "data.label_noise", d.label_noise, "a number in [0, 1)")
-    require(d.train_subset is None or d.train_subset >= 1, "data.train_subset", d.train_subset, "null or >= 1")
-    require(d.validation_split is None or d.validation_split >= 1, "data.validation_split", d.validation_split,
-            "null or >= 1")
-    require(d.folder is None or d.dataset == "folder", "data.folder", d.folder,
-            "null unless data.dataset is folder (it names the folder of that dataset)")
-    require(d.pad_to is None or 1 <= d.pad_to <= MAX_IMAGE_SIZE, "data.pad_to", d.pad_to,
-            f"null or a size in pixels up to {MAX_IMAGE_SIZE}")
-    require(d.mix.alpha > 0, "data.mix.alpha", d.mix.alpha, "a number > 0")
-    require(d.mix.prob is None or 0 <= d.mix.prob <= 1, "data.mix.prob", d.mix.prob, "null or a number in [0, 1]")
-    require(8 <= d.image_size <= MAX_IMAGE_SIZE, "data.image_size", d.image_size,
-            f"an integer in [8, {MAX_IMAGE_SIZE}]")
-    pad = d.augment.crop_padding
-    require(pad is None or 0 <= pad <= MAX_IMAGE_SIZE, "data.augment.crop_padding", pad,
-            f"null or an integer in [0, {MAX_IMAGE_SIZE}]")
-    _check_optim(o, "optim")
-    _check_schedule(s, "schedule")
-    for role in config.roles:
-        _check_optim(config.role_optim(role), f"roles.{role}.optim")
-        _check_schedule(config.role_schedule(role), f"roles.{role}.schedule")
-    require(t.eval_every >= 1, "train.eval_every", t.eval_every, "an integer >= 1")
-    require(t.threads in (None, "auto") or 1 <= t.threads <= MAX_THREADS, "train.threads", t.threads,
-            f"auto, null (torch's default) or an integer in [1, {MAX_THREADS}]")
-    require(t.status_every >= 0, "train.status_every", t.status_every, "seconds >= 0 (0: no status lines)")
-    require(0 < t.dist_timeout <= 7 * 86400, "train.dist_timeout", t.dist_timeout, "seconds in (0, 604800] (a week)")
-    dev = t.device
-    require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", dev) is not None, "train.device", dev, "auto, cpu, cuda, cuda:N")
-    syn = d.synthetic
-    for name, low, high in SYNTHETIC_RANGES:
-        value = getattr(syn, name)
-        require(low <= value <= high, f"data.synthetic.{name}", value, f"an integer in [{low}, {high}]")
-    pixels = max(syn.train_size, syn.test_size) * syn.channels * syn.size**2
-    require(pixels <= 2**30, "data.synthetic", f"{max(syn.train_size, syn.test_size)} images of "
-            f"{syn.channels}x{syn.size}x{syn.size}", "at most 2**30 bytes of images per split")
-
-
-
-def _check_optim(o: OptimConfig, where: str) -> None:
-    require(o.lr > 0, f"{where}.lr", o.lr, "a number > 0")
-    require(0 <= o.momentum < 1, f"{where}.momentum", o.momentum, "a number in [0, 1)")
-    require(o.weight_decay >= 0, f"{where}.weight_decay", o.weight_decay, "a number >= 0")
-    require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), f"{where}.betas", o.betas,
-            "two numbers in [0, 1)")
-    require(not (o.nesterov and o.name == "sgd" and o.momentum == 0), f"{where}.nesterov", o.nesterov,
-            f"false when {where}.momentum is 0")
-
-
-def _check_schedule(s: ScheduleConfig, where: str) -> None:
-    require(s.gamma > 0, f"{where}.gamma", s.gamma, "a number > 0")
-    require(s.warmup_epochs >= 0, f"{where}.warmup_epochs", s.warmup_epochs, "a number >= 0")
-    require(all(m >= 1 for m in s.milestones) and s.milestones == sorted(s.milestones), f"{where}.milestones",
-            s.milestones, "increasing epochs >= 1")
-    require(s.min_lr >= 0, f"{where}.min_lr", s.min_lr, "a number >= 0")
-    # a key of another schedule than the chosen one would be ignored in silence: refused instead
-    default = ScheduleConfig()
-    for key, used_by in (("milestones", "multistep"), ("gamma", "multistep"), ("min_lr", "cosine")):
-        value = getattr(s, key)
-        require(s.name == used_by or value == getattr(default, key), f"{where}.{key}", value,
-                f"{getattr(default, key)!r} under {where}.name={s.name} (only {used_by} uses {key}: add --set "
-                f"{where}.name={used_by}, or drop it)")
 
 
 def differences(a: Config, b: Config, ignore: tuple[str, ...] = RESUMABLE_FIELDS) -> list[str]:

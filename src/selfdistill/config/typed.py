@@ -1,6 +1,7 @@
 """Dataclasses built from plain mappings (YAML, ``--set``), every key checked and every value coerced to its
 field's type: an unknown key is a ``UserError`` with a "did you mean", a wrong type names the field and what
-is allowed, and a number field takes every spelling Python's ``int()`` / ``float()`` accepts."""
+is allowed, and a number field takes every spelling Python's ``int()`` / ``float()`` accepts, within what
+torch can hold: an integer in 64 bits, a float within float32's range."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ import typing
 from typing import Any, Literal, Union
 
 from ..errors import UserError, did_you_mean, require
+
+# the largest float32: every float setting reaches torch, which computes in float32 (or less), and a larger
+# one (`--lr 1e300`) fails there with "value cannot be converted to type float without overflow"
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -58,14 +63,16 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         require(isinstance(value, bool), path, value, "true or false")
         return value
     if hint is int:
-        number = _number(value)
-        require(number is not None and math.isfinite(number) and float(number).is_integer(), path, value,
-                "an integer")
-        return int(number)
+        number = _integer(_number(value))
+        require(number is not None, path, value, "an integer")
+        require(abs(number) < 2**63, path, value, "an integer within ±2**63 (64 bits)")
+        return number
     if hint is float:
-        number = _number(value)
-        require(number is not None and math.isfinite(number), path, value, "a finite number")
-        return float(number)
+        number = _finite(_number(value))
+        require(number is not None, path, value, "a finite number")
+        require(abs(number) <= FLOAT32_MAX, path, value, f"a number within ±{FLOAT32_MAX:.4g} (float32, the "
+                "precision training computes in)")
+        return number
     if origin is Literal:
         choices = typing.get_args(hint)
         if not (isinstance(value, str) and value in choices):
@@ -91,6 +98,22 @@ def _number(value: Any) -> int | float | None:
             except (ValueError, OverflowError):
                 continue
     return None
+
+
+def _integer(number: int | float | None) -> int | None:
+    """``number`` as an int if it is a whole number (``3.0`` is 3), else None."""
+    if isinstance(number, float):
+        return int(number) if math.isfinite(number) and number.is_integer() else None
+    return number
+
+
+def _finite(number: int | float | None) -> float | None:
+    """``number`` as a finite float, else None (an int too large for a float too)."""
+    try:
+        result = None if number is None else float(number)
+    except OverflowError:
+        return None
+    return result if result is not None and math.isfinite(result) else None
 
 
 def _type_name(hint: Any) -> str:

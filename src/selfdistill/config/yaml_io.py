@@ -12,11 +12,27 @@ import yaml
 from ..errors import UserError, did_you_mean, one_line
 from ..fileio import read_small_file
 
+# what PyYAML's own constructors raise for a tagged scalar they cannot read (`!!int x`, `!!bool x`,
+# `!!timestamp x`, `!!float 1_e`) instead of a YAMLError
+TAG_VALUE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError)
+
 
 class StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` still work)."""
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` still work), and
+    reports a value its tag cannot hold (``!!int x``) as a YAML error, as it reports a tag it does not know."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except TAG_VALUE_ERRORS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            what = repr(node.value) if isinstance(node, yaml.ScalarNode) else f"a {node.id}"
+            raise yaml.constructor.ConstructorError(None, None, f"{tag} cannot hold {what}",
+                                                    node.start_mark) from None
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep)  # a YAML error naming what the tag expected
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":

@@ -162,10 +162,15 @@ class RunAssembly:
             networks[spec.role] = (spec.model, module)
         unknown = sorted(set(cfg.roles) - {STUDENT, *networks})
         if unknown:
-            frozen = unknown[0] in taken
-            has = ", ".join([STUDENT, *networks])
-            raise UserError(f"roles.{unknown[0]}: " + (f"the {unknown[0]} is frozen and has no optimiser" if frozen
-                            else f"method {self.method.name} has no network of that role") + f"; its roles: {has}")
+            role, has = unknown[0], ", ".join([STUDENT, *networks])
+            if role == "ensemble":
+                why = ("'ensemble' is not a network but the averaged predictions of an online run's networks (its "
+                       "ensemble_* figures), so it has no optimiser or schedule")
+            elif role in taken:
+                why = f"the {role} network is frozen (a --teacher), so it has no optimiser or schedule"
+            else:
+                why = f"method {self.method.name} has no network of that role"
+            raise UserError(f"roles.{role}: {why}; the roles that take settings: {has}")
         return networks
 
     def _build_teachers(self) -> list[FrozenNetwork]:

@@ -21,6 +21,7 @@ import sys
 import time
 
 from ..errors import PeerFailure
+from ..interrupts import HELD_SIGNALS, Stopped, stop_code
 
 GRACE_S = 8.0  # how long the others may take to stop on their own once one process has failed
 
@@ -40,10 +41,15 @@ def launch(argv: list[str], nproc: int) -> int:
                               env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(nproc)]
     try:
         return _supervise(procs)
-    except KeyboardInterrupt:  # a Ctrl-C at the terminal reached the workers too: let them say what they kept
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _stop(procs, signal.SIGINT, first_wait=GRACE_S)
-        return 130
+    except KeyboardInterrupt as exc:  # a Ctrl-C at the terminal reached the workers too: let them say what they kept
+        if isinstance(exc, Stopped):  # SIGTERM or SIGHUP, sent to this process alone: pass it on
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(exc.signum)
+        for signum in HELD_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        _stop(procs, signal.SIGINT if not isinstance(exc, Stopped) else exc.signum, first_wait=GRACE_S)
+        return stop_code(exc)
 
 
 def _supervise(procs: list[subprocess.Popen]) -> int:

@@ -3,7 +3,7 @@ the final metrics, each trainable network's weights and model card, and what a f
 
 Nothing lost: the final checkpoint holds the final metrics, and the final outputs are written after it
 with ``metrics.json`` last, so a run is finished exactly when ``metrics.json`` exists, and ``--resume``
-rebuilds any final output that is missing or outdated.
+rebuilds any final output that is missing, damaged (a truncated ``peer1.pt``) or outdated.
 """
 
 from __future__ import annotations
@@ -212,24 +212,45 @@ class RunOutputs:
         the others, so each can be a ``--teacher``), then metrics.json: the completion marker is the last write."""
         if self.run is None:
             return
-        d, cfg = self.data, self.config
         for net in self.nets:
             weights, card_name = rundir.network_files(net.role)
             # saved from the CPU: a plain torch.load opens it also on a machine without the GPU it trained on
             self.run.write_torch(weights, to_device(net.model.state_dict(), "cpu"))
             path = self.run.path / weights
-            card = ModelCard(model=net.arch, num_classes=d.num_classes, in_channels=d.in_channels,
-                             image_size=self.image_size, pad_to=cfg.data.pad_to, mean=list(d.mean), std=list(d.std),
-                             dataset=cfg.data.dataset, method=self.method.name, weights_sha256=weights_sha256(path),
-                             options=dict(getattr(net.model, "arch_options", {})),  # build_model records them
-                             class_names=list(d.class_names) if d.class_names else None)
+            card = self._model_card(net, path)
             self.run.write(card_name, lambda _, path=path, card=card: write_model_card(path, card))
         (self.run.path / rundir.DIVERGED).unlink(missing_ok=True)  # a resumed run that had diverged is now done
         self.run.write_json(rundir.METRICS, metrics)
 
+    def _model_card(self, net: Any, weights: Path) -> ModelCard:
+        """The model card of network ``net`` whose weights are the file ``weights``."""
+        d, cfg = self.data, self.config
+        return ModelCard(model=net.arch, num_classes=d.num_classes, in_channels=d.in_channels,
+                         image_size=self.image_size, pad_to=cfg.data.pad_to, mean=list(d.mean), std=list(d.std),
+                         dataset=cfg.data.dataset, method=self.method.name, weights_sha256=weights_sha256(weights),
+                         options=dict(getattr(net.model, "arch_options", {})),  # build_model records them
+                         class_names=list(d.class_names) if d.class_names else None)
+
+    def _damaged_final_outputs(self, metrics: dict[str, Any]) -> list[str]:
+        """The final outputs that are missing or do not hold what the final checkpoint says (a truncated
+        ``peer1.pt``, an edited ``model.json``, a ``metrics.json`` of an earlier end), in the order written."""
+        assert self.run is not None
+        path, damaged = self.run.path, []
+        if _read(path / rundir.LOG, fileio.LONG_TEXT_LIMIT) != rundir.format_log(self.history).encode():
+            damaged.append(rundir.LOG)
+        for net in self.nets:
+            weights, card_name = rundir.network_files(net.role)
+            if not _holds_weights(path / weights, net.model.state_dict()):
+                damaged += [weights, card_name]  # the card names the weights' SHA-256: rewritten with them
+            elif _read_json_or_none(path / card_name) != self._model_card(net, path / weights).to_dict():
+                damaged.append(card_name)
+        if _read_json_or_none(path / rundir.METRICS) != json.loads(json.dumps(metrics)):
+            damaged.append(rundir.METRICS)
+        return damaged
+
     def _complete_finished_run(self) -> dict[str, Any]:
         """``--resume`` of a run whose last epoch is checkpointed: write whatever final output is missing or
-        does not match the checkpoint, ``metrics.json`` last."""
+        does not hold what the checkpoint says (damaged, outdated), ``metrics.json`` last."""
         saved = self.out / rundir.METRICS
         metrics = self.final_metrics
         if metrics is None:  # a checkpoint written before checkpoints carried the final metrics
@@ -240,15 +261,15 @@ class RunOutputs:
         if self.run is None:
             return metrics
         note = self._sync_config_file()
-        missing = self.run.missing_final_outputs([net.role for net in self.nets[1:]])
-        if not missing and saved.is_file() and _read_json(saved) != metrics:
-            missing = [rundir.METRICS]  # the metrics of an earlier end, e.g. of a run whose extension was undone
-        if not missing:
+        # missing, damaged, or outdated (the metrics of an earlier end, e.g. of a run whose extension was undone)
+        damaged = self._damaged_final_outputs(metrics)
+        if not damaged:
             self.progress.say(f"selfdistill: {self.out} is already finished ({self.start_epoch} epochs); nothing to do"
                               + (f" | {note}" if note else ""))
             return metrics
-        self.progress.say(f"selfdistill: {self.out} finished its {self.start_epoch} epochs; writing the missing or "
-                          f"outdated {', '.join(missing)} from its final checkpoint" + (f" | {note}" if note else ""))
+        self.progress.say(f"selfdistill: {self.out} finished its {self.start_epoch} epochs; writing the missing, "
+                          f"damaged or outdated {', '.join(damaged)} from its final checkpoint"
+                          + (f" | {note}" if note else ""))
         saved.unlink(missing_ok=True)
         self.run.write_log(self.history)
         self._write_final_outputs(metrics)
@@ -278,6 +299,35 @@ def _read_json(path: Path) -> Any:
         return json.loads(fileio.read_small_file(path, str(path)).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{path} cannot be read ({type(exc).__name__}); delete it and --resume rebuilds it") from None
+
+
+def _read(path: Path, limit: int = fileio.METADATA_LIMIT) -> bytes | None:
+    """The bytes of the regular file ``path``, or None where it is missing, unreadable or oversized."""
+    try:
+        return fileio.read_small_file(path, str(path), limit)
+    except (UserError, OSError):
+        return None
+
+
+def _read_json_or_none(path: Path) -> Any:
+    """The JSON in ``path``, or None where it is missing or damaged."""
+    raw = _read(path)
+    try:
+        return None if raw is None else json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _holds_weights(path: Path, state: dict[str, torch.Tensor]) -> bool:
+    """Whether the weights file ``path`` opens and holds exactly the tensors of ``state``."""
+    try:
+        with fileio.open_regular(path, str(path)) as handle:
+            saved = torch.load(handle, map_location="cpu", weights_only=True)
+    except Exception:  # missing, truncated, not a weights file: anything but the file it should be
+        return False
+    return (isinstance(saved, dict) and saved.keys() == state.keys()
+            and all(isinstance(saved[k], torch.Tensor) and saved[k].dtype == v.dtype and saved[k].shape == v.shape
+                    and torch.equal(saved[k], v.detach().cpu()) for k, v in state.items()))
 
 
 def code_version() -> str:

@@ -200,11 +200,6 @@ class RunDir:
         fileio.fsync_dir(self.path)
         return f"the diverged run that was here is kept in {archive}"
 
-    def missing_final_outputs(self, roles: list[str] | tuple[str, ...] = ()) -> list[str]:
-        """The final outputs not (yet) in the directory; ``roles``: the run's trainable networks besides the student."""
-        names = [LOG, MODEL, MODEL_CARD, *(f for role in roles for f in network_files(role)), METRICS]
-        return [name for name in names if not (self.path / name).is_file()]
-
     # ------------------------------------------------------------------ writing
     def write_text(self, name: str, text: str) -> None:
         self.write(name, lambda path: fileio.atomic_write_text(path, text))
@@ -323,16 +318,20 @@ def load_checkpoint(out: Path, mmap: bool = False) -> dict[str, Any] | None:
     path = out / CHECKPOINT
     if not path.exists():
         return None
+    # what to do: a finished run's final outputs stand without the checkpoint, which only resumes or rebuilds them
+    advice = (f"the finished run's {MODEL} and {METRICS} stand on their own, but --resume cannot check, rebuild or "
+              "extend them without it; to train this run again, choose a new --out" if (out / METRICS).is_file()
+              else "move it away to start afresh")
     with fileio.open_regular(path, str(path)) as handle:  # a FIFO or device there is refused, not read
         try:  # mmap maps the file by its name (the open handle has shown it a regular file)
             state = torch.load(path if mmap else handle, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as exc:  # a truncated or foreign file: say so in one line
             raise UserError(f"{path} cannot be loaded as a checkpoint ({type(exc).__name__}); it is damaged or not "
-                            "selfdistill's: move it away to start afresh") from None
+                            f"selfdistill's: {advice}") from None
     problem = checkpoint_problem(state)
     if problem:
         raise UserError(f"{path} is damaged or not a selfdistill checkpoint of version {CHECKPOINT_VERSION}: "
-                        f"{problem}; move it away to start afresh")
+                        f"{problem}; {advice}")
     return state
 
 

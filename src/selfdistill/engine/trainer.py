@@ -38,6 +38,7 @@ from ..distributed import (
     shutdown,
 )
 from ..errors import OutputError, PeerFailure, SelfdistillError, TrainingDiverged, UserError, one_line
+from ..interrupts import stop_code, stop_words
 from ..models import count_parameters
 from . import rundir, tensorboard
 from .assemble import RunAssembly
@@ -47,9 +48,14 @@ from .runtime import describe_threads
 
 
 class Interrupted(SelfdistillError):
-    """Ctrl-C during training; the message says what was kept."""
+    """Ctrl-C, SIGTERM or SIGHUP during training; the message says what was kept, the exit code is the
+    signal's (:func:`~selfdistill.interrupts.stop_code`: 130, 143, 129)."""
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Trainer(RunAssembly, EpochLoop, RunOutputs):
@@ -133,8 +139,8 @@ class Trainer(RunAssembly, EpochLoop, RunOutputs):
             return TrainingDiverged(f"{exc}; {self._what_was_kept(diverged=True)}")
         if isinstance(exc, OutputError):
             return OutputError(f"{exc}; {self._what_was_kept()}")
-        if isinstance(exc, KeyboardInterrupt):
-            return Interrupted(f"interrupted; {self._what_was_kept()}")
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM/SIGHUP (interrupts.Stopped)
+            return Interrupted(f"{stop_words(exc)}; {self._what_was_kept()}", stop_code(exc))
         peer = as_peer_failure(exc, self.ctx, self.config.train.dist_timeout)
         if peer is not None:
             return PeerFailure(f"{peer}; {self._what_was_kept()}")
