@@ -119,6 +119,7 @@ def test_bench_says_when_idle_threads_sleep():
               "bare_images_per_s": 110.0, "bare_loop": "forward", "engine_over_bare": 0.91,
               "eval_images_per_s": 500.0, "eval_images": 16, "eval_batch_size": 64, "device": "cpu",
               "device_name": "a CPU", "threads": 2, "cpus": 2, "usable_cpus": 2, "torch": "2", "amp": False,
-              "channels_last": False, "compile": False, "load_1min": 0.1}
+              "channels_last": False, "compile": False, "load_1min": 0.1,
+              "train_step_us": 640.0, "bare_step_us": 580.0, "step_overhead_us": 60.0, "step_overhead_of_bare": 0.1}
     assert "OMP_WAIT_POLICY=PASSIVE" in format_bench({**result, "omp_wait_policy": "passive"})
     assert "OMP_WAIT_POLICY" not in format_bench({**result, "omp_wait_policy": "default"})
