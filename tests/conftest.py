@@ -19,6 +19,7 @@ import torch
 from selfdistill import cli
 from selfdistill.config import Config
 from selfdistill.engine import Trainer, resolve
+from selfdistill.errors import UserError
 from selfdistill.methods import Method
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +169,14 @@ def user_nets(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     yield name
     sys.modules.pop(name, None)
+
+
+def one_line_error(call: Any, *names: object) -> str:
+    """Run ``call``, which must raise a one-line ``UserError`` mentioning every one of ``names``; its message."""
+    with pytest.raises(UserError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message, message
+    for name in names:
+        assert str(name) in message, f"{name} not in {message!r}"
+    return message

@@ -20,6 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import one_line_error
 from selfdistill import fileio
 from selfdistill.config import DataConfig
 from selfdistill.data import load_dataset
@@ -33,17 +34,6 @@ from selfdistill.errors import UserError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-
-
-def one_line_error(call, *names: object) -> str:
-    """Run ``call``, which must raise a one-line ``UserError`` mentioning every one of ``names``."""
-    with pytest.raises(UserError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message, message
-    for name in names:
-        assert str(name) in message, f"{name} not in {message!r}"
-    return message
 
 
 # ----------------------------------------------------------------------------- IDX files

@@ -16,26 +16,15 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import cli_main
+from conftest import cli_main, one_line_error
 from selfdistill.config import DataConfig
 from selfdistill.data import archive, load_dataset
 from selfdistill.data.archive import archive_tree, decode_archive
 from selfdistill.data.classes import CIFAR10
 from selfdistill.data.image_folder import read_image_tree
 from selfdistill.data.tree import class_names, list_samples
-from selfdistill.errors import UserError
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
-
-
-def one_line_error(call, *names: object) -> str:
-    with pytest.raises(UserError) as err:
-        call()
-    message = str(err.value)
-    assert "\n" not in message, message
-    for name in names:
-        assert str(name) in message, f"{name} not in {message!r}"
-    return message
 
 
 def save(path: Path, image: Image.Image, fmt: str | None = None) -> None:

@@ -5,11 +5,11 @@ Why the wait policy: torch's CPU kernels run on OpenMP (GNU libgomp in the PyPI 
 spin for a while before they sleep. When other work holds some of the CPUs, a spinning thread takes a CPU
 from the thread that has work, and a step waits on a thread that is not running: on a busy 2-core machine
 two threads trained cnn and resnet20 about 2x slower than one (``benchmarks/busy_threads.py``, BENCHMARKS.md
-"Threads on a busy CPU"). Under ``OMP_WAIT_POLICY=PASSIVE`` they sleep at once and two threads trained about as
-fast as one; on a quiet machine sleeping cost 7-8 % against spinning. OpenMP reads the variable once, when it loads with torch, so
-:func:`prefer_passive_wait` sets it, when the machine is busy and the user has not set it, before anything
-imports torch. The thread count itself is left alone by the load:
-it is part of a run's result, and a count that followed the load would differ between a run and its resume.
+"Threads on a busy CPU"). Under ``OMP_WAIT_POLICY=PASSIVE`` they sleep at once and two threads trained about
+as fast as one; on a quiet machine sleeping cost 7-8 % against spinning. OpenMP reads the variable once, when
+it loads with torch, so :func:`prefer_passive_wait` sets it, when the machine is busy and the user has not set
+it, before anything imports torch. The thread count itself is left alone by the load: it is part of a run's
+result, and a count that followed the load would differ between a run and its resume.
 """
 
 from __future__ import annotations
