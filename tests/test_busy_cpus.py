@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -19,8 +20,9 @@ from selfdistill.engine.runtime import describe_threads
 @pytest.fixture
 def machine(monkeypatch):
     """Set the machine's CPU count and 1-minute load average (None: the load cannot be read)."""
-    def set_machine(total: int, load: float | None) -> None:
+    def set_machine(total: int, load: float | None, own: float = 0.0) -> None:
         monkeypatch.setattr(os, "cpu_count", lambda: total)
+        monkeypatch.setattr(cpu_info, "own_load", lambda: own)
 
         def loadavg() -> tuple[float, float, float]:
             if load is None:
@@ -42,6 +44,24 @@ def machine(monkeypatch):
 def test_a_machine_is_busy_when_other_work_holds_the_cpus_the_threads_want(machine, total, load, threads, busy):
     machine(total, load)
     assert cpu_info.machine_busy(threads) == busy
+
+
+def test_this_process_own_work_is_not_other_work(machine):
+    machine(2, 1.6, own=1.5)  # the demo's DLB run, after its CE run in the same process
+    assert cpu_info.machine_busy(2) is None
+    machine(2, 3.6, own=1.5)
+    assert cpu_info.machine_busy(2) == "busy: load 2.1 on 2 CPUs"
+
+
+def test_own_load_is_the_cpu_time_used_since_start_over_at_least_a_minute(monkeypatch):
+    clock = {"wall": 1000.0, "cpu": 50.0}
+    monkeypatch.setattr(cpu_info, "_STARTED", (1000.0, 50.0))
+    monkeypatch.setattr(time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(os, "times", lambda: (clock["cpu"], 0.0, 0.0, 0.0, 0.0))
+    clock.update(wall=1010.0, cpu=65.0)  # 15 CPU seconds in 10 s: over a minute, a quarter of a CPU
+    assert cpu_info.own_load() == pytest.approx(0.25)
+    clock.update(wall=1120.0, cpu=230.0)  # 180 CPU seconds in 120 s: 1.5 CPUs
+    assert cpu_info.own_load() == pytest.approx(1.5)
 
 
 def test_the_start_line_says_the_machine_is_busy_and_what_helps(machine, monkeypatch):

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")  # where cgroup v2 is mounted
 PROC_CGROUP = Path("/proc/self/cgroup")  # this process's cgroups
 WAIT_POLICY = "OMP_WAIT_POLICY"
+_STARTED = (time.monotonic(), sum(os.times()[:2]))  # when this module loaded, and the process's CPU time then
 
 
 def usable_cpus() -> int:
@@ -99,14 +101,22 @@ def machine_busy(threads: int) -> str | None:
     """A few words on other work when it holds CPUs that ``threads`` threads would want, e.g. ``"busy: load 3.1
     on 2 CPUs"``; None on a quiet machine or where the load cannot be read.
 
-    The 1-minute load average counts the machine's runnable tasks (this process's own start adds a little);
-    the machine is busy when fewer than ``threads`` CPUs are left, with one CPU's worth of slack for short
-    jobs and this process."""
+    The 1-minute load average counts the machine's runnable tasks, this process's own included: its share is
+    taken off (:func:`own_load`), so that a second run in one process (the demo's DLB after its CE) does not
+    find its own first run. The machine is busy when fewer than ``threads`` CPUs are left, with one CPU's
+    worth of slack for short jobs."""
     try:
-        load = os.getloadavg()[0]
+        load = max(0.0, os.getloadavg()[0] - own_load())
     except (AttributeError, OSError):
         return None
     total = os.cpu_count() or 1
     if total - load > threads - 1:
         return None
     return f"busy: load {load:.1f} on {total} CPU{'s' * (total > 1)}"
+
+
+def own_load() -> float:
+    """This process's part of the 1-minute load average, roughly: the CPUs it kept busy on average since this
+    module loaded, counted over at least a minute (the average's time scale)."""
+    started, cpu = _STARTED
+    return max(0.0, sum(os.times()[:2]) - cpu) / max(60.0, time.monotonic() - started)
