@@ -139,3 +139,5 @@ def test_a_line_per_round_goes_to_say_and_a_busy_machine_is_named():
     assert "load average (1 min) 3.00 on 2 CPUs: the machine is busy" in busy
     assert ", 4 CPUs (2 usable)," in busy
     assert "load average" not in format_bench({**result, "load_1min": None})
+    assert "OMP_WAIT_POLICY=PASSIVE" in format_bench({**result, "omp_wait_policy": "passive"})
+    assert "OMP_WAIT_POLICY" not in format_bench({**result, "omp_wait_policy": "default"})

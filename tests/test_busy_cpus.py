@@ -13,7 +13,6 @@ import pytest
 
 from conftest import ROOT, cli_main
 from selfdistill import cpus as cpu_info
-from selfdistill.commands.bench import format_bench
 from selfdistill.engine.runtime import describe_threads
 
 
@@ -131,15 +130,3 @@ def test_nothing_is_set_once_torch_has_loaded(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert "torch" in sys.modules  # this test process imported it
     assert cpu_info.prefer_passive_wait() is False and "OMP_WAIT_POLICY" not in os.environ
-
-
-def test_bench_says_when_idle_threads_sleep():
-    result = {"method": "ce", "dataset": "synthetic", "model": "mlp", "batch_size": 16, "repeats": 3, "steps": 10,
-              "train_images_per_s": 100.0, "rows_per_step": 16, "networks": ["student"], "teachers": [],
-              "bare_images_per_s": 110.0, "bare_loop": "forward", "engine_over_bare": 0.91,
-              "eval_images_per_s": 500.0, "eval_images": 16, "eval_batch_size": 64, "device": "cpu",
-              "device_name": "a CPU", "threads": 2, "cpus": 2, "usable_cpus": 2, "torch": "2", "amp": False,
-              "channels_last": False, "compile": False, "load_1min": 0.1,
-              "train_step_us": 640.0, "bare_step_us": 580.0, "step_overhead_us": 60.0, "step_overhead_of_bare": 0.1}
-    assert "OMP_WAIT_POLICY=PASSIVE" in format_bench({**result, "omp_wait_policy": "passive"})
-    assert "OMP_WAIT_POLICY" not in format_bench({**result, "omp_wait_policy": "default"})

@@ -79,8 +79,9 @@ class EpochLoop:
         start = time.perf_counter()
         for step, idx in enumerate(batches):
             self._step(epoch, step, idx, aug_gen, sums)
-            if (step + 1) % CHECK_EVERY == 0 or step + 1 == len(batches) or self.progress.status_due():
-                self._periodic_check(epoch, step + 1, len(batches), sums)
+            check = (step + 1) % CHECK_EVERY == 0 or step + 1 == len(batches)
+            if check or self.progress.status_due():
+                self._periodic_check(epoch, step + 1, check, sums)
         synchronize(dev)
         seconds = time.perf_counter() - start
         return self._epoch_totals(epoch, len(batches), sums, seconds)
@@ -114,10 +115,10 @@ class EpochLoop:
         sums.rows += len(batch)
         sums.new_rows += new.stop - new.start
 
-    def _periodic_check(self, epoch: int, steps_done: int, steps: int, sums: StepSums) -> None:
-        """Every ``CHECK_EVERY`` steps, at the epoch's last and when a status line is due: stop on a
-        non-finite loss, move the bar, print the status line. Each reads the device (one synchronisation)."""
-        if (steps_done % CHECK_EVERY == 0 or steps_done == steps) and not self.ctx.enabled and not bool(sums.finite):
+    def _periodic_check(self, epoch: int, steps_done: int, check: bool, sums: StepSums) -> None:
+        """Every ``CHECK_EVERY`` steps and at the epoch's last (``check``), and when a status line is due: stop
+        on a non-finite loss (``check`` only), move the bar, print the status line. Each reads the device."""
+        if check and not self.ctx.enabled and not bool(sums.finite):
             raise TrainingDiverged(f"the loss became non-finite in epoch {epoch + 1} near step {steps_done}")
         if self.progress.wants_stats:
             self.progress.update(steps_done, {"loss": float(sums.terms.sum() / steps_done),
